@@ -1,0 +1,1 @@
+"""ragkit: semantic search and cited answers over your documents, offline by default."""
