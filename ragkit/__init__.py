@@ -1,1 +1,90 @@
-"""ragkit: semantic search and cited answers over your documents, offline by default."""
+"""ragkit: semantic search and cited answers over your documents, offline by default.
+
+The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``. The parts, for
+apps that assemble their own pipeline, are importable from here too. Names load on first use,
+so ``import ragkit`` (and ``ragkit --help``) stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ragkit.answerer import Answer, Citation
+    from ragkit.chat import ChatModel, ChatResult, OpenAIChatModel
+    from ragkit.chunking import Chunk, chunk_document
+    from ragkit.config import Settings
+    from ragkit.documents import Document, Skipped, discover, load_document
+    from ragkit.embedders import Embedder, make_embedder
+    from ragkit.embedders.local import LocalEmbedder
+    from ragkit.embedders.openai import OpenAIEmbedder
+    from ragkit.errors import (
+        ChatError,
+        ConfigError,
+        EmbeddingError,
+        IndexLockedError,
+        IndexMismatchError,
+        IndexNotFoundError,
+        LoadError,
+        QueryError,
+        QuotaError,
+        RagkitError,
+    )
+    from ragkit.pipeline import IndexReport, IndexStatus, ask, index, search, status
+    from ragkit.retriever import Hit
+    from ragkit.store import Store
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "index": "ragkit.pipeline",
+    "search": "ragkit.pipeline",
+    "ask": "ragkit.pipeline",
+    "status": "ragkit.pipeline",
+    "IndexReport": "ragkit.pipeline",
+    "IndexStatus": "ragkit.pipeline",
+    "Settings": "ragkit.config",
+    "Document": "ragkit.documents",
+    "Skipped": "ragkit.documents",
+    "discover": "ragkit.documents",
+    "load_document": "ragkit.documents",
+    "Chunk": "ragkit.chunking",
+    "chunk_document": "ragkit.chunking",
+    "Embedder": "ragkit.embedders",
+    "make_embedder": "ragkit.embedders",
+    "LocalEmbedder": "ragkit.embedders.local",
+    "OpenAIEmbedder": "ragkit.embedders.openai",
+    "Store": "ragkit.store",
+    "Hit": "ragkit.retriever",
+    "Answer": "ragkit.answerer",
+    "Citation": "ragkit.answerer",
+    "ChatModel": "ragkit.chat",
+    "ChatResult": "ragkit.chat",
+    "OpenAIChatModel": "ragkit.chat",
+    "RagkitError": "ragkit.errors",
+    "ConfigError": "ragkit.errors",
+    "QueryError": "ragkit.errors",
+    "IndexNotFoundError": "ragkit.errors",
+    "IndexMismatchError": "ragkit.errors",
+    "IndexLockedError": "ragkit.errors",
+    "LoadError": "ragkit.errors",
+    "EmbeddingError": "ragkit.errors",
+    "QuotaError": "ragkit.errors",
+    "ChatError": "ragkit.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ragkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

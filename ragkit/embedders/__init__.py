@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -25,3 +25,59 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Embed texts as an (n, dimension) float32 array of unit-length rows."""
         ...
+
+
+KNOWN_PROVIDERS = ("local", "openai")
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``provider[:model]`` into its parts; unknown providers are refused."""
+    from ragkit.errors import ConfigError
+
+    provider, _, model = spec.strip().partition(":")
+    provider = provider.lower()
+    if provider not in KNOWN_PROVIDERS:
+        raise ConfigError(
+            f"unknown embedder {spec!r}: use 'local' (offline default) or 'openai[:MODEL]'"
+        )
+    return provider, (model or None)
+
+
+def make_embedder(
+    spec: str,
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    batch_size: int = 32,
+) -> Embedder:
+    """The embedder a spec names: ``local``, ``openai`` or ``openai:MODEL``."""
+    from ragkit.errors import ConfigError
+
+    provider, model = parse_spec(spec)
+    if provider == "local":
+        from ragkit.embedders.local import LocalEmbedder
+
+        if model not in (None, LocalEmbedder.model):
+            raise ConfigError(
+                f"unknown local model {model!r}: the local embedder runs {LocalEmbedder.model}"
+            )
+        return LocalEmbedder(batch_size=batch_size)
+    from ragkit.embedders.openai import OpenAIEmbedder
+
+    return OpenAIEmbedder(model or "text-embedding-3-small", api_key=api_key, base_url=base_url)
+
+
+def embed_batches(
+    embedder: Embedder, texts: Sequence[str], batch_size: int
+) -> Iterator[tuple[NDArray[np.intp], NDArray[np.float32]]]:
+    """Yield (positions, vectors) batch by batch, so each batch can be stored as it completes.
+
+    An embedder with its own ``embed_batches`` (concurrent, token-packed requests) is used as is.
+    """
+    own = getattr(embedder, "embed_batches", None)
+    if own is not None:
+        yield from own(texts)
+        return
+    for start in range(0, len(texts), batch_size):
+        part = texts[start : start + batch_size]
+        yield np.arange(start, start + len(part)), embedder.embed(part)

@@ -1,0 +1,363 @@
+"""The ``ragkit`` command: parse flags, call one library function, print.
+
+Results go to stdout, progress and messages to stderr. A RagkitError is one line on stderr and
+exit code 1; ``ask`` exits 2 when it abstains; ``index`` exits 3 when some file that should have
+been indexed failed (the rest of the run is kept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from ragkit.errors import RagkitError
+
+if TYPE_CHECKING:
+    from ragkit.answerer import Answer
+    from ragkit.pipeline import IndexReport
+    from ragkit.retriever import Hit
+
+app = typer.Typer(
+    name="ragkit",
+    help="Semantic search and cited answers over your documents, offline by default.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+EXIT_ERROR = 1
+EXIT_ABSTAINED = 2
+EXIT_FILES_FAILED = 3
+
+# Options shared by every command; each has a RAGKIT_* variable of the same name.
+IndexName = Annotated[
+    Optional[str],
+    typer.Option("--index", "-i", envvar="RAGKIT_INDEX", help="Index name [default: default]."),
+]
+IndexDir = Annotated[
+    Optional[Path],
+    typer.Option(envvar="RAGKIT_INDEX_DIR", help="Folder holding indexes [default: ./indexes]."),
+]
+TopK = Annotated[
+    Optional[int], typer.Option("-k", "--k", envvar="RAGKIT_K", help="Passages to retrieve [default: 5].")
+]
+MinScore = Annotated[
+    Optional[float], typer.Option(envvar="RAGKIT_MIN_SCORE", help="Drop passages scoring below this.")
+]
+PathGlob = Annotated[
+    Optional[str],
+    typer.Option("--path", envvar="RAGKIT_PATH", help="Only documents whose path matches this glob."),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what ragkit is doing.")]
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="ragkit: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+class _ProgressPrinter:
+    """Progress on stderr: a bar while embedding when stderr is a terminal, else a few lines."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.bar: Any = None
+        self.last = 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != "embed" or total == 0:
+            return
+        if self.tty:
+            import click
+
+            if self.bar is None:
+                self.bar = click.progressbar(length=total, label="embedding", file=sys.stderr)
+                self.bar.__enter__()
+            self.bar.update(done - self.last)
+            if done >= total:
+                self.bar.__exit__(None, None, None)
+        elif done == 0:
+            _err(f"embedding {total} chunks…")
+        self.last = done
+
+
+@app.command()
+def index(
+    path: Annotated[Path, typer.Argument(help="Folder (or file) to index.")],
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    embedder: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="RAGKIT_EMBEDDER",
+            help="local (offline default) or openai[:MODEL]; an existing index keeps its own.",
+        ),
+    ] = None,
+    chunk_tokens: Annotated[
+        Optional[int], typer.Option(envvar="RAGKIT_CHUNK_TOKENS", help="Most tokens per chunk.")
+    ] = None,
+    chunk_overlap: Annotated[
+        Optional[int], typer.Option(envvar="RAGKIT_CHUNK_OVERLAP", help="Tokens shared by neighbours.")
+    ] = None,
+    max_file_mb: Annotated[
+        Optional[float], typer.Option(envvar="RAGKIT_MAX_FILE_MB", help="Skip larger files [default: 50].")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for another writer instead of failing.")] = False,
+    as_json: AsJson = False,
+    verbose: Verbose = False,
+) -> None:
+    """Index a folder: add new files, re-embed changed ones, drop deleted ones."""
+    from ragkit import pipeline
+
+    _setup_logging(verbose)
+    report = pipeline.index(
+        path,
+        progress=None if as_json else _ProgressPrinter(),
+        wait=wait,
+        index=index,
+        index_dir=index_dir,
+        embedder=embedder,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=chunk_overlap,
+        max_file_mb=max_file_mb,
+    )
+    if as_json:
+        typer.echo(json.dumps(_report_json(report), indent=2, ensure_ascii=False))
+    else:
+        _print_report(report)
+    if not report.ok:
+        raise typer.Exit(EXIT_FILES_FAILED)
+
+
+def _report_json(report: IndexReport) -> dict[str, Any]:
+    data = asdict(report)
+    data["ok"] = report.ok
+    data["moved"] = [{"from": a, "to": b} for a, b in report.moved]
+    data["warnings"] = [{"path": p, "warning": w} for p, w in report.warnings]
+    return data
+
+
+def _print_report(report: IndexReport) -> None:
+    for item in report.failed:
+        _err(f"failed: {item.path}: {item.reason}")
+    for item in report.skipped:
+        _err(f"skipped: {item.path}: {item.reason}")
+    for path, warning in report.warnings:
+        _err(f"warning: {path}: {warning}")
+    _err(
+        f"{report.index} [{report.embedder}]: {len(report.added)} added, {len(report.changed)} changed,"
+        f" {len(report.removed)} removed, {len(report.moved)} moved, {report.unchanged} unchanged;"
+        f" {len(report.skipped)} skipped, {len(report.failed)} failed;"
+        f" {report.chunks_embedded} chunks embedded, {report.chunks_reused} reused;"
+        f" {report.documents} documents, {report.chunks} chunks in the index; {report.seconds:.1f} s"
+    )
+
+
+def _location(page: int | None, start: int, end: int) -> str:
+    parts = [f"page {page}"] if page is not None else []
+    parts.append(f"line {start}" if start == end else f"lines {start}–{end}")
+    return ", ".join(parts)
+
+
+def _hit_json(hit: Hit) -> dict[str, Any]:
+    return {
+        "rank": hit.rank,
+        "score": round(hit.score, 6),
+        "path": hit.path,
+        "page": hit.page,
+        "start_line": hit.start_line,
+        "end_line": hit.end_line,
+        "heading": hit.heading,
+        "text": hit.text,
+    }
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: TopK = None,
+    min_score: MinScore = None,
+    path: PathGlob = None,
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    as_json: AsJson = False,
+    verbose: Verbose = False,
+) -> None:
+    """Show the passages most similar to QUERY, best first."""
+    from ragkit import pipeline
+
+    _setup_logging(verbose)
+    hits = pipeline.search(
+        query, k=k, min_score=min_score, path=path, index=index, index_dir=index_dir
+    )
+    if as_json:
+        typer.echo(json.dumps({"query": query, "hits": [_hit_json(h) for h in hits]}, indent=2, ensure_ascii=False))
+        return
+    if not hits:
+        _err("no passages found")
+    for hit in hits:
+        heading = f" § {hit.heading}" if hit.heading else ""
+        typer.echo(
+            f"{hit.rank}. [{hit.score:.3f}] {hit.path} ({_location(hit.page, hit.start_line, hit.end_line)}){heading}"
+        )
+        typer.echo("   " + " ".join(hit.text.split())[:400])
+        typer.echo("")
+
+
+def _answer_json(answer: Answer) -> dict[str, Any]:
+    return {
+        "question": answer.question,
+        "answer": answer.text,
+        "mode": answer.mode,
+        "model": answer.model,
+        "abstained": answer.abstained,
+        "finish_reason": answer.finish_reason,
+        "usage": answer.usage,
+        "citations": [
+            {
+                "n": c.n,
+                "path": c.path,
+                "page": c.page,
+                "start_line": c.start_line,
+                "end_line": c.end_line,
+                "quote": c.quote,
+            }
+            for c in answer.citations
+        ],
+    }
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer from the index.")],
+    k: TopK = None,
+    min_score: MinScore = None,
+    path: PathGlob = None,
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    llm: Annotated[
+        Optional[bool],
+        typer.Option("--llm/--extractive", envvar="RAGKIT_LLM", help="Force LLM or extractive answers."),
+    ] = None,
+    chat_model: Annotated[
+        Optional[str], typer.Option("--chat-model", envvar="RAGKIT_CHAT_MODEL", help="Chat model [default: gpt-4o-mini].")
+    ] = None,
+    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print the LLM answer as it is generated.")] = True,
+    as_json: AsJson = False,
+    verbose: Verbose = False,
+) -> None:
+    """Answer QUESTION from the index, citing the passages used as [n]."""
+    from ragkit import pipeline
+
+    _setup_logging(verbose)
+    streamed: list[str] = []
+
+    def show(text: str) -> None:
+        streamed.append(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    answer = pipeline.ask(
+        question,
+        on_text=show if stream and not as_json else None,
+        k=k,
+        min_score=min_score,
+        path=path,
+        index=index,
+        index_dir=index_dir,
+        llm=llm,
+        chat_model=chat_model,
+    )
+    if as_json:
+        typer.echo(json.dumps(_answer_json(answer), indent=2, ensure_ascii=False))
+    else:
+        _print_answer(answer, streamed="".join(streamed))
+    if answer.abstained:
+        raise typer.Exit(EXIT_ABSTAINED)
+
+
+def _print_answer(answer: Answer, *, streamed: str) -> None:
+    if streamed:
+        typer.echo("")
+        if answer.text != streamed.strip():
+            # Citations are checked once the whole answer is in: show what survived the check.
+            typer.echo("\nChecked answer (citations that name no source removed):")
+            typer.echo(answer.text)
+    else:
+        if answer.mode == "extractive" and not answer.abstained:
+            typer.echo("Extractive answer (sentences quoted from your documents; no LLM configured):")
+        typer.echo(answer.text)
+    if not answer.complete:
+        _err(f"note: the answer was cut short (finish_reason={answer.finish_reason}); raise --max-tokens")
+    if answer.citations:
+        typer.echo("")
+        typer.echo("Sources:")
+        for c in answer.citations:
+            typer.echo(f"[{c.n}] {c.location}")
+
+
+@app.command()
+def status(
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show where an index is, what built it, and what it holds."""
+    from ragkit import pipeline
+
+    info = pipeline.status(index=index, index_dir=index_dir)
+    if as_json:
+        typer.echo(json.dumps(asdict(info), indent=2))
+        return
+    rows = [
+        ("index", f"{info.index} ({info.path})"),
+        ("source", info.source or "-"),
+        ("embedder", f"{info.embedder} ({info.dimension} dims)"),
+        ("documents", f"{info.documents}" + (f" ({info.pending_documents} pending)" if info.pending_documents else "")),
+        ("chunks", f"{info.chunks} ({info.vectors} with vectors)"),
+        ("size", f"{info.size_bytes / 1e6:.1f} MB"),
+        ("tokens embedded", str(info.tokens_embedded)),
+        ("updated", info.updated),
+        ("vectors", "FAISS agrees with SQLite" if info.faiss_agrees else "FAISS out of date (rebuilt on next use)"),
+    ]
+    for key, value in rows:
+        typer.echo(f"{key:>16}: {value}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning RagkitError into one line and a non-zero exit."""
+    try:
+        code = app(standalone_mode=False)
+    except RagkitError as exc:
+        _err(f"ragkit: error: {exc}")
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        _err("ragkit: interrupted; work committed so far is kept")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

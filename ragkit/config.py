@@ -1,0 +1,117 @@
+"""Every setting, its default, and where it comes from: keyword argument, then RAGKIT_* variable.
+
+One name per setting: the field ``index_dir`` is the keyword ``index_dir``, the flag
+``--index-dir`` and the variable ``RAGKIT_INDEX_DIR``. Only ``pipeline`` and ``cli`` read this
+module; components take explicit arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ragkit.errors import ConfigError
+
+DEFAULT_OPENAI_EMBEDDING_MODEL = "text-embedding-3-small"
+DEFAULT_CHAT_MODEL = "gpt-4o-mini"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of ragkit's settings; build with ``Settings.load(**overrides)``."""
+
+    index: str = "default"  # name of the index under index_dir
+    index_dir: Path = Path("indexes")  # where named indexes live
+    # "local", "openai" or "openai:MODEL"; None = the index's own, or openai when a key is set
+    embedder: str | None = None
+    k: int = 5  # passages retrieved per query
+    min_score: float | None = None  # drop hits below this cosine score
+    path: str | None = None  # glob on document paths, e.g. "docs/*.md"
+    # abstain when the best cosine score is below this; None = the embedder's calibrated default
+    abstain_below: float | None = None
+    chunk_tokens: int = 240  # most tokens per chunk (capped at the embedder's input limit)
+    chunk_overlap: int = 40  # tokens shared by neighbouring chunks
+    max_file_mb: float = 50.0  # files larger than this are skipped
+    llm: bool | None = None  # None = use the chat model when OpenAI is configured
+    chat_model: str = DEFAULT_CHAT_MODEL
+    openai_api_key: str | None = None  # also read from OPENAI_API_KEY
+    openai_base_url: str | None = None  # also read from OPENAI_BASE_URL
+    batch_size: int = 32  # texts per local embedding batch
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from keyword overrides, then RAGKIT_* (and OPENAI_*) variables, then defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if overrides.get(f.name) is not None:
+                values[f.name] = overrides[f.name]
+                continue
+            raw = env.get("RAGKIT_" + f.name.upper())
+            if raw is None and f.name.startswith("openai_"):
+                raw = env.get(f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw, f.type)
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (None leaves a setting as it is)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def index_path(self) -> Path:
+        """The folder holding this index's files."""
+        return Path(self.index_dir) / self.index
+
+    @property
+    def openai_configured(self) -> bool:
+        """True when an OpenAI key or an OpenAI-compatible base URL is set."""
+        return bool(self.openai_api_key or self.openai_base_url)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, with a message naming the fix."""
+        if self.k < 1:
+            raise ConfigError(f"k must be at least 1 (got {self.k}); pass -k 5 or similar")
+        if not self.index or "/" in self.index or self.index.startswith("."):
+            raise ConfigError(
+                f"bad index name {self.index!r}: use a plain name such as 'docs'"
+                " (use --index-dir to choose the folder)"
+            )
+        if self.chunk_tokens < 16:
+            raise ConfigError(f"chunk_tokens must be at least 16 (got {self.chunk_tokens})")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens // 2:
+            raise ConfigError(
+                f"chunk_overlap must be between 0 and half of chunk_tokens (got {self.chunk_overlap})"
+            )
+        if self.max_file_mb <= 0:
+            raise ConfigError(f"max_file_mb must be positive (got {self.max_file_mb})")
+
+
+def _parse(name: str, raw: str, annotation: Any) -> Any:
+    text = str(annotation)
+    try:
+        if text.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if text.startswith("int"):
+            return int(raw)
+        if text.startswith("float"):
+            return float(raw)
+        if text.startswith("Path"):
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(f"RAGKIT_{name.upper()}={raw!r} is not a valid {text.split(' ')[0]}") from None
+    return raw
