@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,7 +27,40 @@ class Embedder(Protocol):
         ...
 
 
-KNOWN_PROVIDERS = ("local", "openai")
+# provider name -> factory(model or None, options) -> Embedder. "local" and "openai" are built in;
+# apps and tests add their own with register_embedder.
+EmbedderFactory = Callable[[Optional[str], Mapping[str, Any]], Embedder]
+_FACTORIES: dict[str, EmbedderFactory] = {}
+
+
+def register_embedder(provider: str, factory: EmbedderFactory) -> None:
+    """Make ``--embedder PROVIDER[:MODEL]`` build embedders with ``factory(model, options)``."""
+    _FACTORIES[provider.lower()] = factory
+
+
+def _local(model: str | None, options: Mapping[str, Any]) -> Embedder:
+    from ragkit.embedders.local import LocalEmbedder
+    from ragkit.errors import ConfigError
+
+    if model not in (None, LocalEmbedder.model):
+        raise ConfigError(
+            f"unknown local model {model!r}: the local embedder runs {LocalEmbedder.model}"
+        )
+    return LocalEmbedder(batch_size=int(options.get("batch_size", 32)))
+
+
+def _openai(model: str | None, options: Mapping[str, Any]) -> Embedder:
+    from ragkit.embedders.openai import OpenAIEmbedder
+
+    return OpenAIEmbedder(
+        model or "text-embedding-3-small",
+        api_key=options.get("api_key"),
+        base_url=options.get("base_url"),
+    )
+
+
+register_embedder("local", _local)
+register_embedder("openai", _openai)
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -36,35 +69,17 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
     provider, _, model = spec.strip().partition(":")
     provider = provider.lower()
-    if provider not in KNOWN_PROVIDERS:
+    if provider not in _FACTORIES:
         raise ConfigError(
             f"unknown embedder {spec!r}: use 'local' (offline default) or 'openai[:MODEL]'"
         )
     return provider, (model or None)
 
 
-def make_embedder(
-    spec: str,
-    *,
-    api_key: str | None = None,
-    base_url: str | None = None,
-    batch_size: int = 32,
-) -> Embedder:
-    """The embedder a spec names: ``local``, ``openai`` or ``openai:MODEL``."""
-    from ragkit.errors import ConfigError
-
+def make_embedder(spec: str, **options: Any) -> Embedder:
+    """The embedder a spec names (``local``, ``openai``, ``openai:MODEL``); options go to its factory."""
     provider, model = parse_spec(spec)
-    if provider == "local":
-        from ragkit.embedders.local import LocalEmbedder
-
-        if model not in (None, LocalEmbedder.model):
-            raise ConfigError(
-                f"unknown local model {model!r}: the local embedder runs {LocalEmbedder.model}"
-            )
-        return LocalEmbedder(batch_size=batch_size)
-    from ragkit.embedders.openai import OpenAIEmbedder
-
-    return OpenAIEmbedder(model or "text-embedding-3-small", api_key=api_key, base_url=base_url)
+    return _FACTORIES[provider](model, options)
 
 
 def embed_batches(

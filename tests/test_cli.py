@@ -1,0 +1,121 @@
+"""The CLI: in-process with CliRunner for output shapes, and in a real subprocess end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ragkit.cli import app
+from tests import fakes  # noqa: F401  (registers the "bow" embedder)
+from tests.test_pipeline import PAGES, write
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+@pytest.fixture
+def indexed(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("RAGKIT_INDEX_DIR", str(tmp_path / "indexes"))
+    docs = write(tmp_path / "docs", PAGES)
+    result = runner.invoke(app, ["index", str(docs), "--embedder", "bow", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_index_json_summary(indexed):
+    assert indexed["embedder"] == "bow:hash-256"
+    assert sorted(indexed["added"]) == sorted(PAGES)
+    assert indexed["ok"] is True and indexed["failed"] == []
+
+
+def test_search_json_schema(indexed):
+    result = runner.invoke(app, ["search", "helmet brakes", "-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["query"] == "helmet brakes"
+    assert [h["rank"] for h in data["hits"]] == [1, 2]
+    for hit in data["hits"]:
+        assert set(hit) == {"rank", "score", "path", "page", "start_line", "end_line", "heading", "text"}
+        assert isinstance(hit["score"], float) and hit["start_line"] <= hit["end_line"]
+    assert data["hits"][0]["path"] == "notes/safety.md" and data["hits"][0]["heading"] == "Safety"
+
+
+def test_ask_json_schema(indexed):
+    result = runner.invoke(app, ["ask", "how many days can bikes be returned with the receipt", "--json"], env={"RAGKIT_ABSTAIN_BELOW": "0.1"})
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) >= {"question", "answer", "mode", "model", "abstained", "citations"}
+    assert data["mode"] == "extractive" and data["abstained"] is False
+    for c in data["citations"]:
+        assert set(c) == {"n", "path", "page", "start_line", "end_line", "quote"}
+    assert data["citations"][0]["path"] == "returns.md"
+
+
+def test_ask_abstains_with_exit_code_2(indexed):
+    result = runner.invoke(app, ["ask", "quantum chromodynamics lattice", "--json"])
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["abstained"] is True
+
+
+def _ragkit(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RAGKIT_"))}
+    full_env["PYTHONPATH"] = str(ROOT)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ragkit", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["search", "anything"], "no index at"),
+        (["search", "  ", "--index", "x"], "no index at"),
+        (["index", "does-not-exist"], "no such file or folder"),
+        (["index", ".", "--embedder", "nonsense"], "unknown embedder"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+    proc = _ragkit(*args, cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("ragkit: error:")
+    assert "Traceback" not in proc.stderr
+
+
+def test_empty_query_is_refused(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("some words about bicycles and their wheels")
+    assert _ragkit("index", "docs", cwd=tmp_path).returncode == 0
+    proc = _ragkit("search", "   ", cwd=tmp_path)
+    assert proc.returncode == 1 and "query is empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_end_to_end_offline_with_the_local_model(tmp_path):
+    """The README demo: index the bundled corpus offline, search and ask, citations name files."""
+    corpus = ROOT / "corpus"
+    env = {"RAGKIT_INDEX_DIR": str(tmp_path / "indexes"), "HF_HUB_OFFLINE": "1"}
+    proc = _ragkit("index", str(corpus), "--json", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["embedder"] == "local:all-MiniLM-L6-v2" and report["failed"] == []
+    assert any(p.endswith(".pdf") for p in report["added"])
+
+    status = json.loads(_ragkit("status", "--json", cwd=tmp_path, env=env).stdout)
+    assert status["documents"] == len(report["added"]) and status["faiss_agrees"] is True
+
+    proc = _ragkit("search", "how long is the warranty on frames", "--json", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)["hits"]
+    assert len(hits) == 5 and hits[0]["score"] > 0.3
+
+    proc = _ragkit("ask", "quantum chromodynamics on a lattice", "--json", cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and json.loads(proc.stdout)["abstained"] is True

@@ -1,0 +1,107 @@
+"""The store: SQLite is the truth, FAISS is derived from it and checked against it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit.chunking import Chunk
+from ragkit.errors import IndexLockedError, IndexNotFoundError
+from ragkit.store import FAISS_NAME, Store
+from tests.fakes import BagOfWordsEmbedder
+
+
+def _chunks(texts: list[str]) -> list[Chunk]:
+    return [
+        Chunk(ordinal=i, text=t, start_char=0, end_char=len(t), start_line=1, end_line=1, page=None, heading="", tokens=len(t.split()))
+        for i, t in enumerate(texts)
+    ]
+
+
+def _filled(tmp_path, texts_by_path):
+    emb = BagOfWordsEmbedder()
+    store = Store.create(tmp_path / "ix", embedder=emb.name, model=emb.model, dimension=emb.dimension)
+    for path, texts in texts_by_path.items():
+        store.put_document(path=path, sha256=path, size=1, mtime=1.0, kind="text", pages=0, warnings=(), chunks=_chunks(texts))
+    pending = store.pending()
+    store.set_vectors([i for i, _, _ in pending], emb.embed([t for _, t, _ in pending]), 7)
+    store.save_vectors()
+    return store, emb
+
+
+def test_open_missing_index_says_how_to_build_one(tmp_path):
+    with pytest.raises(IndexNotFoundError, match="ragkit index"):
+        Store.open(tmp_path / "nothing")
+
+
+def test_faiss_ids_are_sqlite_chunk_ids(tmp_path):
+    store, _ = _filled(tmp_path, {"a.txt": ["red apples", "green pears"], "b.txt": ["blue sky"]})
+    import faiss
+
+    index = faiss.read_index(str(store.path / FAISS_NAME))
+    ids = sorted(faiss.vector_to_array(index.id_map).tolist())
+    rows = [r[0] for r in store.db.conn.execute("SELECT id FROM chunks ORDER BY id")]
+    assert ids == rows and len(ids) == 3
+    # And each stored vector is the chunk's own: searching with a chunk's text finds that chunk.
+    emb = BagOfWordsEmbedder()
+    for chunk_id, text in store.db.conn.execute("SELECT id, text FROM chunks"):
+        scores, found = store.search_vectors(emb.embed([text]), 1)
+        assert found[0][0] == chunk_id and scores[0][0] == pytest.approx(1.0, abs=1e-5)
+    assert store.manifest.faiss_count == 3 and store.manifest.tokens_embedded == 7
+
+
+def test_reopened_store_gives_identical_results(tmp_path):
+    store, emb = _filled(tmp_path, {"a.txt": ["red apples and pears", "green pears"], "b.txt": ["blue sky at night", "red sky"]})
+    q = emb.embed(["red sky"])
+    before = store.search_vectors(q, 4)
+    store.close()
+    again = Store.open(tmp_path / "ix")
+    after = again.search_vectors(q, 4)
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_allclose(before[0], after[0])
+
+
+def test_faiss_rebuilt_from_sqlite_when_they_disagree(tmp_path):
+    store, emb = _filled(tmp_path, {"a.txt": ["red apples", "green pears"]})
+    store.close()
+    (tmp_path / "ix" / FAISS_NAME).write_bytes(b"garbage")
+    again = Store.open(tmp_path / "ix")
+    assert not again.vectors_agree()
+    scores, ids = again.search_vectors(emb.embed(["green pears"]), 1)
+    text = again.chunks([int(ids[0][0])])[int(ids[0][0])].text
+    assert text == "green pears"
+    again.save_vectors()
+    assert again.vectors_agree()
+
+
+def test_replacing_a_document_reuses_vectors_of_unchanged_text(tmp_path):
+    store, _ = _filled(tmp_path, {"a.txt": ["one two", "three four"]})
+    missing, reused = store.put_document(path="a.txt", sha256="x", size=2, mtime=2.0, kind="text", pages=0, warnings=(), chunks=_chunks(["one two", "five six"]))
+    assert (missing, reused) == (1, 1)
+    assert [t for _, t, _ in store.pending()] == ["five six"]
+    assert store.documents()["a.txt"].status == "pending"
+
+
+def test_second_writer_is_refused(tmp_path):
+    store, _ = _filled(tmp_path, {"a.txt": ["x y"]})
+    store.lock()
+    other = Store.open(tmp_path / "ix")
+    with pytest.raises(IndexLockedError, match="--wait"):
+        other.lock()
+    store.unlock()
+    other.lock()  # free again
+    other.close()
+    store.close()
+
+
+def test_fts_follows_chunk_changes(tmp_path):
+    store, _ = _filled(tmp_path, {"a.txt": ["zebra crossing"], "b.txt": ["lion king"]})
+
+    def fts(word: str) -> int:
+        return store.db.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (word,)).fetchone()[0]
+
+    assert fts("zebra") == 1
+    store.remove_documents(["a.txt"])
+    assert fts("zebra") == 0 and fts("lion") == 1
+    store.put_document(path="b.txt", sha256="y", size=1, mtime=1.0, kind="text", pages=0, warnings=(), chunks=_chunks(["tiger stripes"]))
+    assert fts("lion") == 0 and fts("tiger") == 1
