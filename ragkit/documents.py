@@ -188,7 +188,7 @@ def discover(
             real = os.path.realpath(path)
             if entry.name in _IGNORED_DIRS or entry.name.endswith(".egg-info") or real in excluded:
                 continue
-            if (path / "pyvenv.cfg").exists():  # a virtualenv under any name
+            if os.path.isfile(path / "pyvenv.cfg"):  # a virtualenv under any name
                 continue
             if real in ancestors:
                 skipped.append(Skipped(rel, "symlink loop", failed=False))
