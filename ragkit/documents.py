@@ -141,7 +141,7 @@ def discover(
     # Real paths already walked or taken, so symlinks never loop or load one thing twice.
     seen: dict[str, str] = {}
 
-    def consider_file(path: Path, rel: str, st: os.stat_result) -> None:
+    def consider_file(path: Path, rel: str, real: str, st: os.stat_result) -> None:
         if _kind(path) is None:
             skipped.append(Skipped(rel, _unsupported(path), failed=False))
         elif not stat.S_ISREG(st.st_mode):
@@ -149,28 +149,24 @@ def discover(
         elif st.st_size > max_file_bytes:
             reason = f"larger than {_megabytes(max_file_bytes)} (--max-file-mb)"
             skipped.append(Skipped(rel, reason, failed=False))
-        else:
-            real = os.path.realpath(path)
-            if real in excluded:
-                return
-            if real in seen:
-                skipped.append(Skipped(rel, f"same file as {seen[real]}", failed=False))
-                return
+        elif real in seen:
+            skipped.append(Skipped(rel, f"same file as {seen[real]}", failed=False))
+        elif real not in excluded:
             seen[real] = rel
             files.append(path)
 
-    def walk(folder: Path, ancestors: frozenset[str]) -> None:
+    def walk(folder: Path, folder_rel: str, real_folder: str, ancestors: frozenset[str]) -> None:
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            skipped.append(Skipped(relative_path(folder, root), _os_reason(exc), failed=True))
+            skipped.append(Skipped(folder_rel, _os_reason(exc), failed=True))
             return
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             path = folder / entry.name
-            rel = relative_path(path, root)
+            rel = f"{folder_rel}/{entry.name}" if folder_rel else entry.name
             try:
                 st = entry.stat()  # follows symlinks
             except OSError as exc:
@@ -182,32 +178,35 @@ def discover(
                 else:
                     skipped.append(Skipped(rel, _os_reason(exc), failed=True))
                 continue
+            # realpath costs a syscall per path component, so only symlinks pay for it.
+            is_link = entry.is_symlink()
+            real = os.path.realpath(path) if is_link else os.path.join(real_folder, entry.name)
             if not stat.S_ISDIR(st.st_mode):
-                consider_file(path, rel, st)
+                consider_file(path, rel, real, st)
+            elif entry.name in _IGNORED_DIRS or entry.name.endswith(".egg-info"):
                 continue
-            real = os.path.realpath(path)
-            if entry.name in _IGNORED_DIRS or entry.name.endswith(".egg-info") or real in excluded:
-                continue
-            if os.path.isfile(path / "pyvenv.cfg"):  # a virtualenv under any name
-                continue
-            if real in ancestors:
+            elif real in excluded or os.path.isfile(os.path.join(real, "pyvenv.cfg")):
+                continue  # the index folder, or a virtualenv under any name
+            elif real in ancestors:
                 skipped.append(Skipped(rel, "symlink loop", failed=False))
             elif real in seen:
                 skipped.append(Skipped(rel, f"same folder as {seen[real]}", failed=False))
             else:
                 seen[real] = rel
-                walk(path, ancestors | {real})
+                walk(path, rel, real, ancestors | {real})
 
     try:
         root_stat = root.stat()
+    except FileNotFoundError as exc:
+        raise LoadError(f"{root} does not exist; check the path", failed=True) from exc
     except OSError as exc:
-        raise LoadError(f"cannot index {root}: {_os_reason(exc)}; check the path") from exc
+        raise LoadError(f"cannot read {root} ({_os_reason(exc)}); check the path") from exc
+    real_root = os.path.realpath(root)
     if stat.S_ISDIR(root_stat.st_mode):
-        real_root = os.path.realpath(root)
         seen[real_root] = "."
-        walk(root, frozenset({real_root}))
+        walk(root, "", real_root, frozenset({real_root}))
     else:
-        consider_file(root, relative_path(root, root), root_stat)
+        consider_file(root, relative_path(root, root), real_root, root_stat)
     return files, skipped
 
 
