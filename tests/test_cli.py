@@ -78,7 +78,7 @@ def _ragkit(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
     "args, message",
     [
         (["search", "anything"], "no index at"),
-        (["search", "  ", "--index", "x"], "no index at"),
+        (["search", "  ", "--index", "x"], "query is empty"),
         (["index", "does-not-exist"], "no such file or folder"),
         (["index", ".", "--embedder", "nonsense"], "unknown embedder"),
     ],
