@@ -81,8 +81,10 @@ class Answer:
 
 
 def should_abstain(hits: Sequence[Hit], threshold: float) -> bool:
-    """True when no hit is strong enough to answer from."""
-    return not hits or hits[0].score < threshold
+    """True when no hit's cosine similarity to the question is strong enough to answer from."""
+    # Judged on the cosine in every search mode: BM25 and fused scores mean nothing across queries.
+    best = max(h.score if h.dense_score is None else h.dense_score for h in hits) if hits else None
+    return best is None or best < threshold
 
 
 def abstention(question: str, mode: str, model: str, hits: Sequence[Hit]) -> Answer:

@@ -55,6 +55,37 @@ PathGlob = Annotated[
     Optional[str],
     typer.Option("--path", envvar="RAGKIT_PATH", help="Only documents whose path matches this glob."),
 ]
+Mode = Annotated[
+    Optional[str],
+    typer.Option(
+        envvar="RAGKIT_MODE",
+        help="dense (cosine), keyword (BM25) or hybrid (both, rank-fused) [default: dense].",
+    ),
+]
+Mmr = Annotated[
+    Optional[bool],
+    typer.Option("--mmr/--no-mmr", envvar="RAGKIT_MMR", help="Diversify results (maximal marginal relevance)."),
+]
+MmrLambda = Annotated[
+    Optional[float],
+    typer.Option(envvar="RAGKIT_MMR_LAMBDA", help="MMR trade-off, 1 = relevance only [default: 0.5]."),
+]
+FileType = Annotated[
+    Optional[str],
+    typer.Option(envvar="RAGKIT_FILE_TYPE", help="Only these kinds or suffixes, e.g. pdf,.md"),
+]
+ModifiedAfter = Annotated[
+    Optional[str],
+    typer.Option(envvar="RAGKIT_MODIFIED_AFTER", help="Only documents modified on or after this ISO date."),
+]
+ModifiedBefore = Annotated[
+    Optional[str],
+    typer.Option(envvar="RAGKIT_MODIFIED_BEFORE", help="Only documents modified before this ISO date."),
+]
+Heading = Annotated[
+    Optional[str],
+    typer.Option(envvar="RAGKIT_HEADING", help="Only passages whose heading contains this text."),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what ragkit is doing.")]
 
@@ -178,6 +209,7 @@ def _hit_json(hit: Hit) -> dict[str, Any]:
     return {
         "rank": hit.rank,
         "score": round(hit.score, 6),
+        "dense_score": None if hit.dense_score is None else round(hit.dense_score, 6),
         "path": hit.path,
         "page": hit.page,
         "start_line": hit.start_line,
@@ -193,20 +225,36 @@ def search(
     k: TopK = None,
     min_score: MinScore = None,
     path: PathGlob = None,
+    mode: Mode = None,
+    mmr: Mmr = None,
+    mmr_lambda: MmrLambda = None,
+    file_type: FileType = None,
+    modified_after: ModifiedAfter = None,
+    modified_before: ModifiedBefore = None,
+    heading: Heading = None,
     index: IndexName = None,
     index_dir: IndexDir = None,
     as_json: AsJson = False,
     verbose: Verbose = False,
 ) -> None:
-    """Show the passages most similar to QUERY, best first."""
+    """Show the passages that best match QUERY, best first.
+
+    The score shown is the mode's: cosine (dense), BM25 (keyword) or fused rank score (hybrid).
+    """
     from ragkit import pipeline
 
     _setup_logging(verbose)
-    hits = pipeline.search(
-        query, k=k, min_score=min_score, path=path, index=index, index_dir=index_dir
-    )
+    from ragkit.config import Settings
+
+    settings = Settings.load(
+        k=k, min_score=min_score, path=path, mode=mode, mmr=mmr, mmr_lambda=mmr_lambda,
+        file_type=file_type, modified_after=modified_after, modified_before=modified_before,
+        heading=heading, index=index, index_dir=index_dir,
+    )  # fmt: skip
+    hits = pipeline.search(query, settings)
     if as_json:
-        typer.echo(json.dumps({"query": query, "hits": [_hit_json(h) for h in hits]}, indent=2, ensure_ascii=False))
+        data = {"query": query, "mode": settings.mode, "hits": [_hit_json(h) for h in hits]}
+        typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     if not hits:
         _err("no passages found")
@@ -248,6 +296,13 @@ def ask(
     k: TopK = None,
     min_score: MinScore = None,
     path: PathGlob = None,
+    mode: Mode = None,
+    mmr: Mmr = None,
+    mmr_lambda: MmrLambda = None,
+    file_type: FileType = None,
+    modified_after: ModifiedAfter = None,
+    modified_before: ModifiedBefore = None,
+    heading: Heading = None,
     index: IndexName = None,
     index_dir: IndexDir = None,
     llm: Annotated[
@@ -278,6 +333,13 @@ def ask(
         k=k,
         min_score=min_score,
         path=path,
+        mode=mode,
+        mmr=mmr,
+        mmr_lambda=mmr_lambda,
+        file_type=file_type,
+        modified_after=modified_after,
+        modified_before=modified_before,
+        heading=heading,
         index=index,
         index_dir=index_dir,
         llm=llm,
@@ -309,6 +371,93 @@ def _print_answer(answer: Answer, *, streamed: str) -> None:
         typer.echo("Sources:")
         for c in answer.citations:
             typer.echo(f"[{c.n}] {c.location}")
+
+
+class _StepPrinter:
+    """Embedding progress on stderr as a line every tenth of the way (long runs, logs too)."""
+
+    def __init__(self) -> None:
+        self.shown = -1
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != "embed" or total == 0:
+            return
+        tenth = done * 10 // total
+        if done == 0:
+            _err(f"embedding {total} chunks…")
+        elif tenth > self.shown:
+            _err(f"  {done}/{total} chunks embedded")
+        self.shown = tenth
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[Path, typer.Argument(help="BEIR-format folder: corpus.jsonl, queries.jsonl, qrels/.")],
+    protocol: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="document (one vector per document, the MTEB protocol) and/or chunked (ragkit's"
+            " own chunks; a document scores as its best chunk). Repeatable [default: both]."
+        ),
+    ] = None,
+    mode: Annotated[
+        Optional[list[str]],
+        typer.Option(help="dense, keyword and/or hybrid. Repeatable [default: all three]."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Which qrels/<split>.tsv to score against.")] = "test",
+    embedder: Annotated[
+        Optional[str], typer.Option(envvar="RAGKIT_EMBEDDER", help="local (default) or openai[:MODEL].")
+    ] = None,
+    chunk_tokens: Annotated[
+        Optional[int], typer.Option(envvar="RAGKIT_CHUNK_TOKENS", help="Most tokens per chunk (chunked protocol).")
+    ] = None,
+    chunk_overlap: Annotated[
+        Optional[int], typer.Option(envvar="RAGKIT_CHUNK_OVERLAP", help="Tokens shared by neighbours.")
+    ] = None,
+    index_dir: IndexDir = None,
+    as_json: AsJson = False,
+    verbose: Verbose = False,
+) -> None:
+    """Score retrieval on a BEIR dataset: nDCG@10, Recall@10, Recall@100, MRR@10 per mode.
+
+    The corpus is indexed under INDEX_DIR/eval-<dataset>-<protocol>-… and reused next time; only
+    each query's text is given to the retriever.
+    """
+    from ragkit import pipeline
+    from ragkit.evaluation import PROTOCOLS
+    from ragkit.retriever import MODES
+
+    _setup_logging(verbose)
+    report = pipeline.evaluate(
+        dataset,
+        protocols=tuple(protocol or PROTOCOLS),
+        modes=tuple(mode or MODES),
+        split=split,
+        progress=None if as_json and not verbose else _StepPrinter(),
+        embedder=embedder,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=chunk_overlap,
+        index_dir=index_dir,
+    )
+    if as_json:
+        typer.echo(json.dumps(asdict(report), indent=2))
+        return
+    typer.echo(
+        f"{report.dataset} ({report.split}): {report.queries} queries, {report.documents} documents,"
+        f" embedder {report.embedder}"
+    )
+    for info in report.protocols:
+        typer.echo(
+            f"  {info.protocol}: {info.chunks} chunks in {info.index}"
+            f" ({info.chunks_embedded} embedded this run, {info.seconds:.0f} s)"
+        )
+    typer.echo("")
+    typer.echo(f"{'protocol':<10}{'mode':<9}{'nDCG@10':>9}{'R@10':>8}{'R@100':>8}{'MRR@10':>8}")
+    for r in report.results:
+        typer.echo(
+            f"{r.protocol:<10}{r.mode:<9}{r.ndcg_at_10:>9.4f}{r.recall_at_10:>8.4f}"
+            f"{r.recall_at_100:>8.4f}{r.mrr_at_10:>8.4f}"
+        )
 
 
 @app.command()

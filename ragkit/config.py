@@ -29,8 +29,15 @@ class Settings:
     # "local", "openai" or "openai:MODEL"; None = the index's own, or openai when a key is set
     embedder: str | None = None
     k: int = 5  # passages retrieved per query
-    min_score: float | None = None  # drop hits below this cosine score
+    min_score: float | None = None  # drop hits below this cosine score (in every mode)
+    mode: str = "dense"  # "dense" (cosine), "keyword" (BM25) or "hybrid" (both, fused)
+    mmr: bool = False  # re-rank for diversity with maximal marginal relevance
+    mmr_lambda: float = 0.5  # MMR trade-off: 1 = relevance only, 0 = diversity only
     path: str | None = None  # glob on document paths, e.g. "docs/*.md"
+    file_type: str | None = None  # comma-separated kinds (pdf, markdown) or suffixes (.md)
+    modified_after: str | None = None  # ISO date: only documents modified on or after it
+    modified_before: str | None = None  # ISO date: only documents modified before it
+    heading: str | None = None  # only chunks whose heading path contains this
     # abstain when the best cosine score is below this; None = the embedder's calibrated default
     abstain_below: float | None = None
     chunk_tokens: int = 240  # most tokens per chunk (capped at the embedder's input limit)
@@ -92,6 +99,10 @@ class Settings:
             raise ConfigError(
                 f"chunk_overlap must be between 0 and half of chunk_tokens (got {self.chunk_overlap})"
             )
+        if self.mode not in ("dense", "keyword", "hybrid"):
+            raise ConfigError(f"unknown mode {self.mode!r}: use dense, keyword or hybrid")
+        if not 0.0 <= self.mmr_lambda <= 1.0:
+            raise ConfigError(f"mmr_lambda must be between 0 and 1 (got {self.mmr_lambda})")
         if self.max_file_mb <= 0:
             raise ConfigError(f"max_file_mb must be positive (got {self.max_file_mb})")
 

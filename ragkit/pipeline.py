@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,12 @@ from ragkit.chunking import chunk_document
 from ragkit.config import Settings
 from ragkit.documents import Document, Skipped, discover, load_document, relative_path
 from ragkit.embedders import Embedder, embed_batches, make_embedder, parse_spec
+from ragkit.evaluation import PROTOCOLS, EvalReport, load_beir
+from ragkit.evaluation import evaluate as run_evaluation
 from ragkit.errors import ConfigError, IndexMismatchError, LoadError, RagkitError
-from ragkit.retriever import Hit, check_query
-from ragkit.retriever import search as dense_search
+from ragkit.filters import Filters, make_filters
+from ragkit.retriever import MODES, Hit, check_mode, check_query
+from ragkit.retriever import search as retrieve
 from ragkit.store import Store
 
 log = logging.getLogger(__name__)
@@ -263,20 +266,43 @@ def index(
         )
 
 
+def filters(settings: Settings) -> Filters:
+    """The metadata filters the settings ask for (path, file type, mtime range, heading)."""
+    return make_filters(
+        path=settings.path,
+        file_type=settings.file_type,
+        modified_after=settings.modified_after,
+        modified_before=settings.modified_before,
+        heading=settings.heading,
+    )
+
+
+def _retrieve(store: Store, embedder: Embedder, query: str, settings: Settings) -> list[Hit]:
+    return retrieve(
+        store,
+        embedder,
+        query,
+        k=settings.k,
+        mode=check_mode(settings.mode),
+        filters=filters(settings),
+        min_score=settings.min_score,
+        diversify=settings.mmr,
+        mmr_lambda=settings.mmr_lambda,
+    )
+
+
 def search(query: str, settings: Settings | None = None, **overrides: Any) -> list[Hit]:
-    """The passages most similar to ``query``, best first."""
+    """The passages that best match ``query`` in the settings' mode, best first.
+
+    ``Hit.score`` is the mode's score (cosine, BM25 or fused); ``Hit.dense_score`` is always
+    the cosine.
+    """
     settings = _settings(settings, overrides)
     query = check_query(query)
+    filters(settings)  # refuse bad filter values before opening anything
     store, embedder = open_index(settings)
     with store:
-        return dense_search(
-            store,
-            embedder,
-            query,
-            k=settings.k,
-            min_score=settings.min_score,
-            path_glob=settings.path,
-        )
+        return _retrieve(store, embedder, query, settings)
 
 
 def ask(
@@ -293,11 +319,10 @@ def ask(
     """
     settings = _settings(settings, overrides)
     question = check_query(question)
+    filters(settings)
     store, embedder = open_index(settings)
     with store:
-        hits = dense_search(
-            store, embedder, question, k=settings.k, min_score=settings.min_score, path_glob=settings.path
-        )
+        hits = _retrieve(store, embedder, question, settings)
     threshold = settings.abstain_below
     if threshold is None:
         threshold = DEFAULT_ABSTAIN_BELOW.get(embedder.name, 0.3)
@@ -335,3 +360,37 @@ def status(settings: Settings | None = None, **overrides: Any) -> IndexStatus:
             faiss_generation=m.faiss_generation,
             faiss_agrees=store.vectors_agree(),
         )
+
+
+def evaluate(
+    dataset: str | Path,
+    settings: Settings | None = None,
+    *,
+    protocols: Sequence[str] = PROTOCOLS,
+    modes: Sequence[str] = MODES,
+    split: str = "test",
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> EvalReport:
+    """Score retrieval on a BEIR-format dataset: nDCG@10, Recall@10/100, MRR@10 per mode.
+
+    The corpus is indexed once per protocol under ``index_dir`` as ``eval-<dataset>-…``
+    and reused by later runs. Only each query's text is given to the retriever.
+    """
+    settings = _settings(settings, overrides)
+    for mode in modes:
+        check_mode(mode)
+    data = load_beir(dataset, split)
+    spec = settings.embedder or "local"
+    embedder = _embedder(spec, settings)
+    return run_evaluation(
+        data,
+        embedder,
+        Path(settings.index_dir),
+        protocols=protocols,
+        modes=modes,
+        chunk_tokens=settings.chunk_tokens,
+        chunk_overlap=settings.chunk_overlap,
+        batch_size=max(settings.batch_size * 2, 64),
+        progress=progress,
+    )

@@ -1,14 +1,38 @@
-"""Question in, ranked Hits out: cosine similarity over the index's vectors, with filters."""
+"""Question in, ranked Hits out: dense (cosine), keyword (BM25) or hybrid (fused), with filters.
+
+What ``Hit.score`` means depends on the mode:
+
+- ``dense``: cosine similarity between the query and chunk vectors (-1..1).
+- ``keyword``: the BM25 score of the chunk for the query's words (0..∞, higher is better;
+  comparable only within one query).
+- ``hybrid``: the reciprocal rank fusion score, the sum over the dense and keyword rankings of
+  ``1 / (60 + rank)`` (at most 2/61; again only comparable within one query).
+
+Every Hit also carries ``dense_score``, the cosine similarity, whatever the mode: abstention
+and ``min_score`` are judged on it, since only the cosine has a meaning across queries.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ragkit.embedders import Embedder
 from ragkit.errors import QueryError
+from ragkit.filters import Filters
 from ragkit.store import Store
+
+MODES = ("dense", "keyword", "hybrid")
+RRF_K = 60  # Cormack, Clarke & Buettcher (SIGIR 2009): the constant used unchanged since
+CANDIDATES = 100  # chunks each ranking contributes to fusion (and the floor for MMR's pool)
+
+K = TypeVar("K", bound=Hashable)
+Ranking = list[tuple[int, float]]  # (chunk id, score), best first
 
 
 @dataclass(frozen=True)
@@ -16,7 +40,7 @@ class Hit:
     """One retrieved passage and where it came from."""
 
     rank: int  # 1-based
-    score: float  # cosine similarity to the query
+    score: float  # the mode's score: cosine (dense), BM25 (keyword) or fused (hybrid)
     chunk_id: int
     path: str
     page: int | None
@@ -26,6 +50,8 @@ class Hit:
     end_char: int
     heading: str
     text: str
+    # Cosine similarity to the query, whatever the mode; None only on Hits built elsewhere.
+    dense_score: float | None = None
 
 
 def check_query(query: str) -> str:
@@ -36,35 +62,142 @@ def check_query(query: str) -> str:
     return cleaned
 
 
+def check_mode(mode: str) -> str:
+    """The mode, if it is one of MODES; otherwise a QueryError naming them."""
+    if mode not in MODES:
+        raise QueryError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+    return mode
+
+
+def rrf(rankings: Sequence[Sequence[K]], k: int = RRF_K) -> list[tuple[K, float]]:
+    """Reciprocal rank fusion: items by the sum of ``1 / (k + rank)`` over the rankings."""
+    scores: dict[K, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    # Ties keep first-seen order (the first ranking's), so the result is deterministic.
+    return sorted(scores.items(), key=lambda pair: -pair[1])
+
+
+def dense_ranking(
+    store: Store, vector: NDArray[np.float32], depth: int, *, allowed: NDArray[np.int64] | None = None
+) -> Ranking:
+    """The ``depth`` chunks nearest to one query vector, by cosine."""
+    scores, ids = store.search_vectors(vector.reshape(1, -1), depth, allowed=allowed)
+    return [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+
+
+def rank(
+    store: Store,
+    query: str,
+    vector: NDArray[np.float32],
+    mode: str,
+    depth: int,
+    *,
+    filters: Filters | None = None,
+    allowed: NDArray[np.int64] | None = None,
+) -> Ranking:
+    """Chunks ranked for ``query`` (whose embedding is ``vector``) in one mode, best first.
+
+    ``allowed`` (the chunk ids passing ``filters``) may be passed in when already known.
+    """
+    check_mode(mode)
+    filtered = filters is not None and filters.active
+    if filtered and allowed is None and mode != "keyword":
+        allowed = store.chunk_ids(filters=filters)
+    if allowed is not None and len(allowed) == 0:
+        return []
+    if mode == "dense":
+        return dense_ranking(store, vector, depth, allowed=allowed)
+    if mode == "keyword":
+        return store.keyword_search(query, depth, filters=filters)
+    pool = max(depth, CANDIDATES)
+    dense = dense_ranking(store, vector, pool, allowed=allowed)
+    keyword = store.keyword_search(query, pool, filters=filters)
+    fused = rrf([[i for i, _ in dense], [i for i, _ in keyword]])
+    return fused[:depth]
+
+
+def mmr(
+    relevance: NDArray[np.float32],
+    vectors: NDArray[np.float32],
+    k: int,
+    lambda_: float = 0.5,
+) -> list[int]:
+    """Maximal marginal relevance (Carbonell & Goldstein 1998): positions of k picks, in order.
+
+    Each pick maximises ``lambda_ * relevance - (1 - lambda_) * (max cosine to those picked)``;
+    ``lambda_=1`` is plain relevance order, lower values favour passages unlike the ones above.
+    """
+    n = len(relevance)
+    chosen: list[int] = []
+    closest = np.full(n, -np.inf, dtype=np.float32)  # max similarity to anything chosen so far
+    available = np.ones(n, dtype=bool)
+    for _ in range(min(k, n)):
+        penalty = np.where(np.isfinite(closest), closest, 0.0)
+        value = lambda_ * relevance - (1.0 - lambda_) * penalty
+        value[~available] = -np.inf
+        pick = int(np.argmax(value))
+        chosen.append(pick)
+        available[pick] = False
+        closest = np.maximum(closest, vectors @ vectors[pick])
+    return chosen
+
+
+def _unit_range(scores: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Scores rescaled to 0..1 over the candidates (all 1 when they are equal)."""
+    low, high = float(scores.min()), float(scores.max())
+    if high - low < 1e-12:
+        return np.ones_like(scores)
+    return ((scores - low) / (high - low)).astype(np.float32)
+
+
 def search(
     store: Store,
     embedder: Embedder,
     query: str,
     *,
     k: int = 5,
+    mode: str = "dense",
+    filters: Filters | None = None,
     min_score: float | None = None,
+    diversify: bool = False,
+    mmr_lambda: float = 0.5,
     path_glob: str | None = None,
 ) -> list[Hit]:
-    """The k chunks most similar to ``query``, best first.
+    """The k chunks that best match ``query`` in ``mode``, best first.
 
-    ``path_glob`` (SQLite GLOB on the document path) restricts the search before ranking, so a
-    filter never leaves fewer than k hits when k matching chunks exist.
+    ``filters`` (and the older ``path_glob``) restrict the search before ranking, so a filter
+    never leaves fewer than k hits when k matching chunks exist. ``min_score`` drops hits whose
+    cosine is below it, in every mode. ``diversify`` re-ranks a candidate pool with MMR: by
+    cosine in dense mode, by the mode's score rescaled to 0..1 otherwise; redundancy is always
+    the cosine between chunk vectors.
     """
     query = check_query(query)
-    allowed = store.chunk_ids(path_glob=path_glob) if path_glob else None
-    if allowed is not None and len(allowed) == 0:
+    check_mode(mode)
+    if path_glob:
+        filters = dataclasses.replace(filters or Filters(), path=path_glob)
+    vector = embedder.embed([query])[0].astype(np.float32)
+    depth = max(k, CANDIDATES, 4 * k) if diversify else k
+    ranking = rank(store, query, vector, mode, depth, filters=filters)
+    rows = store.chunks([i for i, _ in ranking])
+    ranking = [(i, s) for i, s in ranking if i in rows]  # rows deleted since FAISS was written
+    if not ranking:
         return []
-    vector = embedder.embed([query])
-    scores, ids = store.search_vectors(vector, k, allowed=allowed)
-    pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+    stored = store.vectors([i for i, _ in ranking])
+    cosines = stored @ vector
     if min_score is not None:
-        pairs = [(s, i) for s, i in pairs if s >= min_score]
-    rows = store.chunks([i for _, i in pairs])
-    hits = []
-    for score, chunk_id in pairs:
-        row = rows.get(chunk_id)
-        if row is None:  # deleted since the FAISS file was written
-            continue
+        keep = [j for j in range(len(ranking)) if cosines[j] >= min_score]
+        ranking, stored, cosines = [ranking[j] for j in keep], stored[keep], cosines[keep]
+    order = list(range(min(k, len(ranking))))
+    if diversify and ranking:
+        scores = np.array([s for _, s in ranking], dtype=np.float32)
+        relevance = cosines if mode == "dense" else _unit_range(scores)
+        order = mmr(relevance, stored, k, mmr_lambda)
+    hits: list[Hit] = []
+    for j in order:
+        chunk_id, score = ranking[j]
+        row = rows[chunk_id]
         hits.append(
             Hit(
                 rank=len(hits) + 1,
@@ -78,6 +211,7 @@ def search(
                 end_char=row.end_char,
                 heading=row.heading,
                 text=row.text,
+                dense_score=float(cosines[j]),
             )
         )
     return hits

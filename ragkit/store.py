@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ragkit.errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, RagkitError
+from ragkit.filters import Filters
 
 if TYPE_CHECKING:
     import faiss
@@ -168,6 +170,30 @@ def _import_faiss() -> Any:
     import faiss
 
     return faiss
+
+
+# Lucene's English stop set (EnglishAnalyzer, also Anserini's default): left out of keyword
+# queries because they match nearly every chunk and only add noise to BM25's sum.
+STOPWORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their then"
+    " there these they this to was will with".split()
+)
+# Runs of letters and digits: what the unicode61 tokenizer keeps as one token (it splits at
+# everything else, underscores included).
+_TERM = re.compile(r"[^\W_]+")
+
+
+def fts_match(query: str) -> str:
+    """User text as a safe FTS5 query: each word a quoted string, OR-joined, ranked by BM25.
+
+    Quoting makes every operator (AND, OR, NOT, NEAR, ``*``, ``^``, ``:``, parentheses, ``-``)
+    a plain word, so no user text can break the FTS syntax. Stopwords are dropped unless the
+    query has nothing else; repeated words stay, weighting them as BM25's query term frequency.
+    Returns "" when the text has no words at all.
+    """
+    terms = [t.lower() for t in _TERM.findall(query)]
+    content = [t for t in terms if t not in STOPWORDS] or terms
+    return " OR ".join(f'"{t}"' for t in content)
 
 
 class Store:
@@ -504,13 +530,18 @@ class Store:
                 out[int(row[0])] = StoredChunk(*row)
         return out
 
-    def chunk_ids(self, *, path_glob: str | None = None) -> NDArray[np.int64]:
-        """Ids of the chunks that have vectors, optionally only in documents matching a glob."""
+    def chunk_ids(
+        self, *, path_glob: str | None = None, filters: Filters | None = None
+    ) -> NDArray[np.int64]:
+        """Ids of the chunks that have vectors, optionally only those passing filters (or a glob)."""
         sql = "SELECT c.id FROM chunks c"
-        args: tuple[Any, ...] = ()
-        if path_glob:
-            sql += " JOIN documents d ON d.id = c.document_id WHERE d.path GLOB ? AND"
-            args = (path_glob,)
+        args: list[Any] = []
+        if path_glob or (filters is not None and filters.active):
+            where, args = (filters or Filters()).where()
+            if path_glob:
+                where += " AND d.path GLOB ?"
+                args.append(path_glob)
+            sql += f" JOIN documents d ON d.id = c.document_id WHERE {where} AND"
         else:
             sql += " WHERE"
         sql += " c.vector IS NOT NULL ORDER BY c.id"
@@ -640,3 +671,45 @@ class Store:
         finally:
             faiss.omp_set_num_threads(threads)
         return scores, ids
+
+    # -- keyword search ----------------------------------------------------------------------
+
+    def keyword_search(
+        self, query: str, k: int, *, filters: Filters | None = None
+    ) -> list[tuple[int, float]]:
+        """Top-k (chunk id, BM25 score) for the words of ``query``, best first.
+
+        FTS5's ``bm25()`` (k1=1.2, b=0.75, Porter-stemmed terms) is negated so that higher is
+        better, as for cosine. Only chunks that have vectors are ranked, the same set dense
+        search sees; ``filters`` are applied inside the query, before ranking.
+        """
+        match = fts_match(query)
+        if not match or k < 1:
+            return []
+        where, args = (filters or Filters()).where()
+        rows = self.db.conn.execute(
+            "SELECT chunks_fts.rowid, bm25(chunks_fts) FROM chunks_fts"
+            " JOIN chunks c ON c.id = chunks_fts.rowid JOIN documents d ON d.id = c.document_id"
+            f" WHERE chunks_fts MATCH ? AND c.vector IS NOT NULL AND {where}"
+            " ORDER BY bm25(chunks_fts) LIMIT ?",
+            [match, *args, k],
+        ).fetchall()
+        return [(int(i), -float(score)) for i, score in rows]
+
+    def vectors(self, ids: Sequence[int]) -> NDArray[np.float32]:
+        """The stored vectors of these chunks, one row per id in the order given."""
+        out = np.zeros((len(ids), self.manifest.dimension), dtype=np.float32)
+        where: dict[int, list[int]] = {}
+        for row, chunk_id in enumerate(ids):
+            where.setdefault(int(chunk_id), []).append(row)
+        unique = list(where)
+        for start in range(0, len(unique), 500):
+            part = unique[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for chunk_id, blob in self.db.conn.execute(
+                f"SELECT id, vector FROM chunks WHERE id IN ({marks}) AND vector IS NOT NULL", part
+            ):
+                out[where.pop(int(chunk_id))] = np.frombuffer(blob, dtype="<f4")
+        if where:
+            raise KeyError(f"no stored vector for chunk(s) {sorted(where)[:5]}")
+        return out
