@@ -1,8 +1,8 @@
 """ragkit: semantic search and cited answers over your documents, offline by default.
 
-The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``. The parts, for
-apps that assemble their own pipeline, are importable from here too. Names load on first use,
-so ``import ragkit`` (and ``ragkit --help``) stays instant.
+The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``,
+``evaluate(dataset)``. The parts, for apps that assemble their own pipeline, are importable from
+here too. Names load on first use, so ``import ragkit`` (and ``ragkit --help``) stays instant.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
         QuotaError,
         RagkitError,
     )
-    from ragkit.pipeline import IndexReport, IndexStatus, ask, index, search, status
+    from ragkit.evaluation import EvalReport
+    from ragkit.pipeline import IndexReport, IndexStatus, ask, evaluate, index, search, status
     from ragkit.retriever import Hit
     from ragkit.store import Store
 
@@ -42,6 +43,8 @@ _EXPORTS = {
     "search": "ragkit.pipeline",
     "ask": "ragkit.pipeline",
     "status": "ragkit.pipeline",
+    "evaluate": "ragkit.pipeline",
+    "EvalReport": "ragkit.evaluation",
     "IndexReport": "ragkit.pipeline",
     "IndexStatus": "ragkit.pipeline",
     "Settings": "ragkit.config",

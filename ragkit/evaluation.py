@@ -216,9 +216,15 @@ def sync_corpus(
             doc = Document(doc_id, body, "text", key, len(body.encode()), 0.0)
             chunks = chunk_document(doc, embedder.count_tokens, max_tokens=max_tokens, overlap=chunk_overlap)
         store.put_document(
-            path=doc_id, sha256=key, size=len(body.encode()), mtime=0.0, kind="text",
-            pages=0, warnings=(), chunks=chunks,
-        )  # fmt: skip
+            path=doc_id,
+            sha256=key,
+            size=len(body.encode()),
+            mtime=0.0,
+            kind="text",
+            pages=0,
+            warnings=(),
+            chunks=chunks,
+        )
     pending = store.pending()
     # Shortest first: batches of similar length waste no time on padding.
     pending.sort(key=lambda p: p[2])
@@ -328,9 +334,14 @@ def run_queries(
         m = score_run(run, dataset.qrels)
         results.append(
             ModeScores(
-                protocol, mode, m["ndcg@10"], m["recall@10"], m["recall@100"], m["mrr@10"],
-                time.perf_counter() - started,
-            )  # fmt: skip
+                protocol=protocol,
+                mode=mode,
+                ndcg_at_10=m["ndcg@10"],
+                recall_at_10=m["recall@10"],
+                recall_at_100=m["recall@100"],
+                mrr_at_10=m["mrr@10"],
+                seconds=time.perf_counter() - started,
+            )
         )
     return results
 
@@ -376,16 +387,25 @@ def evaluate(
             store.lock()
             store.set_source(f"beir:{dataset.name}:{protocol}")
             embedded = sync_corpus(
-                store, embedder, dataset, protocol,
-                chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap,
-                batch_size=batch_size, progress=progress,
-            )  # fmt: skip
+                store,
+                embedder,
+                dataset,
+                protocol,
+                chunk_tokens=chunk_tokens,
+                chunk_overlap=chunk_overlap,
+                batch_size=batch_size,
+                progress=progress,
+            )
             counts = store.counts()
             infos.append(
                 ProtocolInfo(
-                    protocol, str(path), counts["documents"], counts["chunks"], embedded,
-                    time.perf_counter() - t0,
-                )  # fmt: skip
+                    protocol=protocol,
+                    index=str(path),
+                    documents=counts["documents"],
+                    chunks=counts["chunks"],
+                    chunks_embedded=embedded,
+                    seconds=time.perf_counter() - t0,
+                )
             )
             results.extend(run_queries(store, embedder, dataset, protocol, modes, progress=progress))
     return EvalReport(

@@ -20,9 +20,9 @@ from ragkit.chunking import chunk_document
 from ragkit.config import Settings
 from ragkit.documents import Document, Skipped, discover, load_document, relative_path
 from ragkit.embedders import Embedder, embed_batches, make_embedder, parse_spec
+from ragkit.errors import ConfigError, IndexMismatchError, LoadError, RagkitError
 from ragkit.evaluation import PROTOCOLS, EvalReport, load_beir
 from ragkit.evaluation import evaluate as run_evaluation
-from ragkit.errors import ConfigError, IndexMismatchError, LoadError, RagkitError
 from ragkit.filters import Filters, make_filters
 from ragkit.retriever import MODES, Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve

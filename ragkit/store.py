@@ -174,10 +174,13 @@ def _import_faiss() -> Any:
 
 # Lucene's English stop set (EnglishAnalyzer, also Anserini's default): left out of keyword
 # queries because they match nearly every chunk and only add noise to BM25's sum.
-STOPWORDS = frozenset(
-    "a an and are as at be but by for if in into is it no not of on or such that the their then"
-    " there these they this to was will with".split()
-)
+# fmt: off
+STOPWORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it",
+    "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these",
+    "they", "this", "to", "was", "will", "with",
+})
+# fmt: on
 # Runs of letters and digits: what the unicode61 tokenizer keeps as one token (it splits at
 # everything else, underscores included).
 _TERM = re.compile(r"[^\W_]+")

@@ -43,9 +43,28 @@ def test_search_json_schema(indexed):
     assert data["query"] == "helmet brakes"
     assert [h["rank"] for h in data["hits"]] == [1, 2]
     for hit in data["hits"]:
-        assert set(hit) == {"rank", "score", "path", "page", "start_line", "end_line", "heading", "text"}
+        assert set(hit) == {"rank", "score", "dense_score", "path", "page", "start_line", "end_line", "heading", "text"}
+        assert hit["score"] == hit["dense_score"]  # dense mode: the score is the cosine
         assert isinstance(hit["score"], float) and hit["start_line"] <= hit["end_line"]
     assert data["hits"][0]["path"] == "notes/safety.md" and data["hits"][0]["heading"] == "Safety"
+
+
+def test_search_modes_and_filters_from_the_cli(indexed):
+    result = runner.invoke(app, ["search", "shop closed sundays", "--mode", "keyword", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["mode"] == "keyword" and data["hits"][0]["path"] == "hours.txt"
+    assert data["hits"][0]["score"] > 1.0 > data["hits"][0]["dense_score"]  # BM25 vs cosine
+
+    args = ["search", "shop closed sundays", "--mode", "hybrid", "--file-type", "markdown", "--heading", "refunds", "--json"]
+    data = json.loads(runner.invoke(app, args).stdout)
+    assert {(h["path"], h["heading"]) for h in data["hits"]} == {("returns.md", "Returns > Refunds")}
+
+    result = runner.invoke(app, ["search", "shop", "--modified-after", "2999-01-01", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["hits"] == []
+    result = runner.invoke(app, ["search", "shop", "--mmr", "--mmr-lambda", "0.2", "-k", "3", "--json"], env={"RAGKIT_MODE": "hybrid"})
+    data = json.loads(result.stdout)
+    assert data["mode"] == "hybrid" and len(data["hits"]) == 3
 
 
 def test_ask_json_schema(indexed):
