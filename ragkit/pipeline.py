@@ -174,9 +174,14 @@ def index(
             row = known.get(rel)
             try:
                 stat = file.stat()
-                if row and row.status == "indexed" and (row.size, row.mtime) == (
-                    stat.st_size,
-                    stat.st_mtime,
+                if (
+                    row
+                    and row.status == "indexed"
+                    and (row.size, row.mtime)
+                    == (
+                        stat.st_size,
+                        stat.st_mtime,
+                    )
                 ):
                     unchanged += 1  # fast path: size and mtime unchanged
                     continue
@@ -296,7 +301,12 @@ def ask(
     store, embedder = open_index(settings)
     with store:
         hits = dense_search(
-            store, embedder, question, k=settings.k, min_score=settings.min_score, path_glob=settings.path
+            store,
+            embedder,
+            question,
+            k=settings.k,
+            min_score=settings.min_score,
+            path_glob=settings.path,
         )
     threshold = settings.abstain_below
     if threshold is None:
