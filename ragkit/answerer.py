@@ -92,18 +92,21 @@ def abstention(question: str, mode: str, model: str, hits: Sequence[Hit]) -> Ans
 
 # -- extractive ------------------------------------------------------------------------------
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n")
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+# A line that starts a list item, a table row or a heading begins a new unit of text; other
+# line breaks are wrapping (PDF text, hard-wrapped prose) inside a sentence.
+_UNIT_START = re.compile(r"\n(?=[ \t]*(?:[-*+•|#]|\d+[.)])\s)|\n[ \t]*\n")
 
 
 def _sentences(text: str) -> list[str]:
-    """Split a passage into sentences (and paragraph-separated fragments)."""
+    """Split a passage into sentences, treating list items and paragraphs as separate units."""
     out = []
-    for part in _SENTENCE_END.split(text):
-        sentence = " ".join(part.split())
-        # Markdown headings and list bullets are not sentences worth quoting on their own.
-        sentence = sentence.lstrip("#*->| ").strip()
-        if len(sentence.split()) >= 4:
-            out.append(sentence)
+    for unit in _UNIT_START.split(text):
+        for part in _SENTENCE_END.split(" ".join(unit.split())):
+            # List bullets, heading marks and table pipes are not part of the quote.
+            sentence = re.sub(r"^(?:[-*+•|#>]+|\d+[.)])\s*", "", part.strip()).strip(" |")
+            if len(sentence.split()) >= 4:
+                out.append(sentence)
     return out
 
 
