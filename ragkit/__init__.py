@@ -77,7 +77,45 @@ _EXPORTS = {
     "ChatError": "ragkit.errors",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "Answer",
+    "ChatError",
+    "ChatModel",
+    "ChatResult",
+    "Chunk",
+    "Citation",
+    "ConfigError",
+    "Document",
+    "Embedder",
+    "EmbeddingError",
+    "EvalReport",
+    "Hit",
+    "IndexLockedError",
+    "IndexMismatchError",
+    "IndexNotFoundError",
+    "IndexReport",
+    "IndexStatus",
+    "LoadError",
+    "LocalEmbedder",
+    "OpenAIChatModel",
+    "OpenAIEmbedder",
+    "QueryError",
+    "QuotaError",
+    "RagkitError",
+    "Settings",
+    "Skipped",
+    "Store",
+    "ask",
+    "chunk_document",
+    "discover",
+    "evaluate",
+    "index",
+    "load_document",
+    "make_embedder",
+    "search",
+    "status",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,7 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -38,52 +38,65 @@ EXIT_FILES_FAILED = 3
 
 # Options shared by every command; each has a RAGKIT_* variable of the same name.
 IndexName = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--index", "-i", envvar="RAGKIT_INDEX", help="Index name [default: default]."),
 ]
 IndexDir = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(envvar="RAGKIT_INDEX_DIR", help="Folder holding indexes [default: ./indexes]."),
 ]
 TopK = Annotated[
-    Optional[int], typer.Option("-k", "--k", envvar="RAGKIT_K", help="Passages to retrieve [default: 5].")
+    int | None,
+    typer.Option("-k", "--k", envvar="RAGKIT_K", help="Passages to retrieve [default: 5]."),
 ]
 MinScore = Annotated[
-    Optional[float], typer.Option(envvar="RAGKIT_MIN_SCORE", help="Drop passages scoring below this.")
+    float | None, typer.Option(envvar="RAGKIT_MIN_SCORE", help="Drop passages scoring below this.")
 ]
 PathGlob = Annotated[
-    Optional[str],
-    typer.Option("--path", envvar="RAGKIT_PATH", help="Only documents whose path matches this glob."),
+    str | None,
+    typer.Option(
+        "--path", envvar="RAGKIT_PATH", help="Only documents whose path matches this glob."
+    ),
 ]
 Mode = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         envvar="RAGKIT_MODE",
         help="dense (cosine), keyword (BM25) or hybrid (both, rank-fused) [default: dense].",
     ),
 ]
 Mmr = Annotated[
-    Optional[bool],
-    typer.Option("--mmr/--no-mmr", envvar="RAGKIT_MMR", help="Diversify results (maximal marginal relevance)."),
+    bool | None,
+    typer.Option(
+        "--mmr/--no-mmr",
+        envvar="RAGKIT_MMR",
+        help="Diversify results (maximal marginal relevance).",
+    ),
 ]
 MmrLambda = Annotated[
-    Optional[float],
-    typer.Option(envvar="RAGKIT_MMR_LAMBDA", help="MMR trade-off, 1 = relevance only [default: 0.5]."),
+    float | None,
+    typer.Option(
+        envvar="RAGKIT_MMR_LAMBDA", help="MMR trade-off, 1 = relevance only [default: 0.5]."
+    ),
 ]
 FileType = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(envvar="RAGKIT_FILE_TYPE", help="Only these kinds or suffixes, e.g. pdf,.md"),
 ]
 ModifiedAfter = Annotated[
-    Optional[str],
-    typer.Option(envvar="RAGKIT_MODIFIED_AFTER", help="Only documents modified on or after this ISO date."),
+    str | None,
+    typer.Option(
+        envvar="RAGKIT_MODIFIED_AFTER", help="Only documents modified on or after this ISO date."
+    ),
 ]
 ModifiedBefore = Annotated[
-    Optional[str],
-    typer.Option(envvar="RAGKIT_MODIFIED_BEFORE", help="Only documents modified before this ISO date."),
+    str | None,
+    typer.Option(
+        envvar="RAGKIT_MODIFIED_BEFORE", help="Only documents modified before this ISO date."
+    ),
 ]
 Heading = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(envvar="RAGKIT_HEADING", help="Only passages whose heading contains this text."),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -133,22 +146,25 @@ def index(
     index: IndexName = None,
     index_dir: IndexDir = None,
     embedder: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             envvar="RAGKIT_EMBEDDER",
             help="local (offline default) or openai[:MODEL]; an existing index keeps its own.",
         ),
     ] = None,
     chunk_tokens: Annotated[
-        Optional[int], typer.Option(envvar="RAGKIT_CHUNK_TOKENS", help="Most tokens per chunk.")
+        int | None, typer.Option(envvar="RAGKIT_CHUNK_TOKENS", help="Most tokens per chunk.")
     ] = None,
     chunk_overlap: Annotated[
-        Optional[int], typer.Option(envvar="RAGKIT_CHUNK_OVERLAP", help="Tokens shared by neighbours.")
+        int | None, typer.Option(envvar="RAGKIT_CHUNK_OVERLAP", help="Tokens shared by neighbours.")
     ] = None,
     max_file_mb: Annotated[
-        Optional[float], typer.Option(envvar="RAGKIT_MAX_FILE_MB", help="Skip larger files [default: 50].")
+        float | None,
+        typer.Option(envvar="RAGKIT_MAX_FILE_MB", help="Skip larger files [default: 50]."),
     ] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait for another writer instead of failing.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for another writer instead of failing.")
+    ] = False,
     as_json: AsJson = False,
     verbose: Verbose = False,
 ) -> None:
@@ -191,11 +207,13 @@ def _print_report(report: IndexReport) -> None:
     for path, warning in report.warnings:
         _err(f"warning: {path}: {warning}")
     _err(
-        f"{report.index} [{report.embedder}]: {len(report.added)} added, {len(report.changed)} changed,"
+        f"{report.index} [{report.embedder}]: {len(report.added)} added,"
+        f" {len(report.changed)} changed,"
         f" {len(report.removed)} removed, {len(report.moved)} moved, {report.unchanged} unchanged;"
         f" {len(report.skipped)} skipped, {len(report.failed)} failed;"
         f" {report.chunks_embedded} chunks embedded, {report.chunks_reused} reused;"
-        f" {report.documents} documents, {report.chunks} chunks in the index; {report.seconds:.1f} s"
+        f" {report.documents} documents, {report.chunks} chunks in the index;"
+        f" {report.seconds:.1f} s"
     )
 
 
@@ -261,7 +279,8 @@ def search(
     for hit in hits:
         heading = f" § {hit.heading}" if hit.heading else ""
         typer.echo(
-            f"{hit.rank}. [{hit.score:.3f}] {hit.path} ({_location(hit.page, hit.start_line, hit.end_line)}){heading}"
+            f"{hit.rank}. [{hit.score:.3f}] {hit.path}"
+            f" ({_location(hit.page, hit.start_line, hit.end_line)}){heading}"
         )
         typer.echo("   " + " ".join(hit.text.split())[:400])
         typer.echo("")
@@ -306,13 +325,20 @@ def ask(
     index: IndexName = None,
     index_dir: IndexDir = None,
     llm: Annotated[
-        Optional[bool],
-        typer.Option("--llm/--extractive", envvar="RAGKIT_LLM", help="Force LLM or extractive answers."),
+        bool | None,
+        typer.Option(
+            "--llm/--extractive", envvar="RAGKIT_LLM", help="Force LLM or extractive answers."
+        ),
     ] = None,
     chat_model: Annotated[
-        Optional[str], typer.Option("--chat-model", envvar="RAGKIT_CHAT_MODEL", help="Chat model [default: gpt-4o-mini].")
+        str | None,
+        typer.Option(
+            "--chat-model", envvar="RAGKIT_CHAT_MODEL", help="Chat model [default: gpt-4o-mini]."
+        ),
     ] = None,
-    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print the LLM answer as it is generated.")] = True,
+    stream: Annotated[
+        bool, typer.Option("--stream/--no-stream", help="Print the LLM answer as it is generated.")
+    ] = True,
     as_json: AsJson = False,
     verbose: Verbose = False,
 ) -> None:
@@ -362,10 +388,15 @@ def _print_answer(answer: Answer, *, streamed: str) -> None:
             typer.echo(answer.text)
     else:
         if answer.mode == "extractive" and not answer.abstained:
-            typer.echo("Extractive answer (sentences quoted from your documents; no LLM configured):")
+            typer.echo(
+                "Extractive answer (sentences quoted from your documents; no LLM configured):"
+            )
         typer.echo(answer.text)
     if not answer.complete:
-        _err(f"note: the answer was cut short (finish_reason={answer.finish_reason}); raise --max-tokens")
+        _err(
+            f"note: the answer was cut short (finish_reason={answer.finish_reason});"
+            " raise --max-tokens"
+        )
     if answer.citations:
         typer.echo("")
         typer.echo("Sources:")
@@ -392,27 +423,33 @@ class _StepPrinter:
 
 @app.command("eval")
 def evaluate(
-    dataset: Annotated[Path, typer.Argument(help="BEIR-format folder: corpus.jsonl, queries.jsonl, qrels/.")],
+    dataset: Annotated[
+        Path, typer.Argument(help="BEIR-format folder: corpus.jsonl, queries.jsonl, qrels/.")
+    ],
     protocol: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             help="document (one vector per document, the MTEB protocol) and/or chunked (ragkit's"
             " own chunks; a document scores as its best chunk). Repeatable [default: both]."
         ),
     ] = None,
     mode: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(help="dense, keyword and/or hybrid. Repeatable [default: all three]."),
     ] = None,
     split: Annotated[str, typer.Option(help="Which qrels/<split>.tsv to score against.")] = "test",
     embedder: Annotated[
-        Optional[str], typer.Option(envvar="RAGKIT_EMBEDDER", help="local (default) or openai[:MODEL].")
+        str | None,
+        typer.Option(envvar="RAGKIT_EMBEDDER", help="local (default) or openai[:MODEL]."),
     ] = None,
     chunk_tokens: Annotated[
-        Optional[int], typer.Option(envvar="RAGKIT_CHUNK_TOKENS", help="Most tokens per chunk (chunked protocol).")
+        int | None,
+        typer.Option(
+            envvar="RAGKIT_CHUNK_TOKENS", help="Most tokens per chunk (chunked protocol)."
+        ),
     ] = None,
     chunk_overlap: Annotated[
-        Optional[int], typer.Option(envvar="RAGKIT_CHUNK_OVERLAP", help="Tokens shared by neighbours.")
+        int | None, typer.Option(envvar="RAGKIT_CHUNK_OVERLAP", help="Tokens shared by neighbours.")
     ] = None,
     index_dir: IndexDir = None,
     as_json: AsJson = False,
@@ -443,8 +480,8 @@ def evaluate(
         typer.echo(json.dumps(asdict(report), indent=2))
         return
     typer.echo(
-        f"{report.dataset} ({report.split}): {report.queries} queries, {report.documents} documents,"
-        f" embedder {report.embedder}"
+        f"{report.dataset} ({report.split}): {report.queries} queries,"
+        f" {report.documents} documents, embedder {report.embedder}"
     )
     for info in report.protocols:
         typer.echo(
@@ -477,12 +514,21 @@ def status(
         ("index", f"{info.index} ({info.path})"),
         ("source", info.source or "-"),
         ("embedder", f"{info.embedder} ({info.dimension} dims)"),
-        ("documents", f"{info.documents}" + (f" ({info.pending_documents} pending)" if info.pending_documents else "")),
+        (
+            "documents",
+            f"{info.documents}"
+            + (f" ({info.pending_documents} pending)" if info.pending_documents else ""),
+        ),
         ("chunks", f"{info.chunks} ({info.vectors} with vectors)"),
         ("size", f"{info.size_bytes / 1e6:.1f} MB"),
         ("tokens embedded", str(info.tokens_embedded)),
         ("updated", info.updated),
-        ("vectors", "FAISS agrees with SQLite" if info.faiss_agrees else "FAISS out of date (rebuilt on next use)"),
+        (
+            "vectors",
+            "FAISS agrees with SQLite"
+            if info.faiss_agrees
+            else "FAISS out of date (rebuilt on next use)",
+        ),
     ]
     for key, value in rows:
         typer.echo(f"{key:>16}: {value}")

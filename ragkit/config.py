@@ -51,7 +51,7 @@ class Settings:
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from keyword overrides, then RAGKIT_* (and OPENAI_*) variables, then defaults."""
+        """Settings from keyword overrides, then RAGKIT_* (or OPENAI_*) variables, then defaults."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -97,7 +97,8 @@ class Settings:
             raise ConfigError(f"chunk_tokens must be at least 16 (got {self.chunk_tokens})")
         if not 0 <= self.chunk_overlap < self.chunk_tokens // 2:
             raise ConfigError(
-                f"chunk_overlap must be between 0 and half of chunk_tokens (got {self.chunk_overlap})"
+                "chunk_overlap must be between 0 and half of chunk_tokens"
+                f" (got {self.chunk_overlap})"
             )
         if self.mode not in ("dense", "keyword", "hybrid"):
             raise ConfigError(f"unknown mode {self.mode!r}: use dense, keyword or hybrid")
@@ -124,5 +125,7 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
         if text.startswith("Path"):
             return Path(raw)
     except ValueError:
-        raise ConfigError(f"RAGKIT_{name.upper()}={raw!r} is not a valid {text.split(' ')[0]}") from None
+        raise ConfigError(
+            f"RAGKIT_{name.upper()}={raw!r} is not a valid {text.split(' ')[0]}"
+        ) from None
     return raw

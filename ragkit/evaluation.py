@@ -75,7 +75,7 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
                 except json.JSONDecodeError as exc:
                     raise RagkitError(f"{path}:{n}: not a JSON line ({exc.msg})") from None
                 if not isinstance(row, dict) or "_id" not in row:
-                    raise RagkitError(f"{path}:{n}: expected an object with an \"_id\"")
+                    raise RagkitError(f'{path}:{n}: expected an object with an "_id"')
                 yield n, row
     except FileNotFoundError:
         raise RagkitError(
@@ -109,10 +109,14 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:
                 raise RagkitError(f"{qrels_file}:{n}: score {parts[2]!r} is not a number") from None
             if score > 0:
                 qrels.setdefault(parts[0], {})[parts[1]] = score
-    texts = {str(row["_id"]): str(row.get("text") or "") for _, row in _jsonl(root / "queries.jsonl")}
+    texts = {
+        str(row["_id"]): str(row.get("text") or "") for _, row in _jsonl(root / "queries.jsonl")
+    }
     missing = sorted(q for q in qrels if q not in texts)
     if missing:
-        raise RagkitError(f"{len(missing)} judged queries are not in queries.jsonl, e.g. {missing[0]}")
+        raise RagkitError(
+            f"{len(missing)} judged queries are not in queries.jsonl, e.g. {missing[0]}"
+        )
     queries = {q: texts[q] for q in qrels}
     return BeirDataset(root.resolve().name, split, corpus, queries, qrels)
 
@@ -214,7 +218,9 @@ def sync_corpus(
             chunks = _whole(body, whole_counts[n])
         else:
             doc = Document(doc_id, body, "text", key, len(body.encode()), 0.0)
-            chunks = chunk_document(doc, embedder.count_tokens, max_tokens=max_tokens, overlap=chunk_overlap)
+            chunks = chunk_document(
+                doc, embedder.count_tokens, max_tokens=max_tokens, overlap=chunk_overlap
+            )
         store.put_document(
             path=doc_id,
             sha256=key,
@@ -288,7 +294,9 @@ class EvalReport:
 
 
 def _doc_ids(store: Store) -> dict[int, str]:
-    rows = store.db.conn.execute("SELECT c.id, d.path FROM chunks c JOIN documents d ON d.id = c.document_id")
+    rows = store.db.conn.execute(
+        "SELECT c.id, d.path FROM chunks c JOIN documents d ON d.id = c.document_id"
+    )
     return {int(i): str(p) for i, p in rows}
 
 
@@ -376,7 +384,11 @@ def evaluate(
         if Store.exists(path):
             store = Store.open(path)
             m = store.manifest
-            if (m.embedder, m.model, m.dimension) != (embedder.name, embedder.model, embedder.dimension):
+            if (m.embedder, m.model, m.dimension) != (
+                embedder.name,
+                embedder.model,
+                embedder.dimension,
+            ):
                 store.close()
                 raise RagkitError(f"{path} holds another embedder's vectors: delete that folder")
         else:
@@ -407,7 +419,9 @@ def evaluate(
                     seconds=time.perf_counter() - t0,
                 )
             )
-            results.extend(run_queries(store, embedder, dataset, protocol, modes, progress=progress))
+            results.extend(
+                run_queries(store, embedder, dataset, protocol, modes, progress=progress)
+            )
     return EvalReport(
         dataset=dataset.name,
         split=dataset.split,

@@ -177,9 +177,14 @@ def index(
             row = known.get(rel)
             try:
                 stat = file.stat()
-                if row and row.status == "indexed" and (row.size, row.mtime) == (
-                    stat.st_size,
-                    stat.st_mtime,
+                if (
+                    row
+                    and row.status == "indexed"
+                    and (row.size, row.mtime)
+                    == (
+                        stat.st_size,
+                        stat.st_mtime,
+                    )
                 ):
                     unchanged += 1  # fast path: size and mtime unchanged
                     continue

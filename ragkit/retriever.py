@@ -80,11 +80,15 @@ def rrf(rankings: Sequence[Sequence[K]], k: int = RRF_K) -> list[tuple[K, float]
 
 
 def dense_ranking(
-    store: Store, vector: NDArray[np.float32], depth: int, *, allowed: NDArray[np.int64] | None = None
+    store: Store,
+    vector: NDArray[np.float32],
+    depth: int,
+    *,
+    allowed: NDArray[np.int64] | None = None,
 ) -> Ranking:
     """The ``depth`` chunks nearest to one query vector, by cosine."""
     scores, ids = store.search_vectors(vector.reshape(1, -1), depth, allowed=allowed)
-    return [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+    return [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
 
 
 def rank(

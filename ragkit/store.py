@@ -1,4 +1,4 @@
-"""The index on disk: SQLite rows (the truth, vectors included) and the FAISS file derived from them.
+"""The index on disk: SQLite rows (the truth, vectors included) and the FAISS file derived from it.
 
 Layout of ``indexes/<name>/``:
 
@@ -38,7 +38,6 @@ from ragkit.errors import IndexLockedError, IndexMismatchError, IndexNotFoundErr
 from ragkit.filters import Filters
 
 if TYPE_CHECKING:
-    import faiss
     import sqlite_utils
 
     from ragkit.chunking import Chunk
@@ -292,7 +291,8 @@ class Store:
             )
         except KeyError as exc:
             raise IndexMismatchError(
-                f"the index manifest lacks {exc.args[0]!r}: run `ragkit doctor` or rebuild the index"
+                f"the index manifest lacks {exc.args[0]!r}:"
+                " run `ragkit doctor` or rebuild the index"
             ) from None
 
     def close(self) -> None:
@@ -439,7 +439,7 @@ class Store:
                         h,
                         cached.get(h),
                     )
-                    for c, h in zip(chunks, hashes)
+                    for c, h in zip(chunks, hashes, strict=True)
                 ),
             )
         return missing, len(chunks) - missing
@@ -463,7 +463,8 @@ class Store:
         """Re-point a document at its new path (a rename: same bytes, no re-embedding)."""
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE documents SET path = ?, mtime = ? WHERE path = ?", (new_path, mtime, old_path)
+                "UPDATE documents SET path = ?, mtime = ? WHERE path = ?",
+                (new_path, mtime, old_path),
             )
 
     def touch_document(self, path: str, *, mtime: float) -> None:
@@ -494,12 +495,16 @@ class Store:
             )
         ]
 
-    def set_vectors(self, ids: Sequence[int], vectors: NDArray[np.float32], tokens: int = 0) -> None:
+    def set_vectors(
+        self, ids: Sequence[int], vectors: NDArray[np.float32], tokens: int = 0
+    ) -> None:
         """Store one embedded batch and commit it, so a crash later loses none of it."""
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
         if vectors.ndim != 2 or vectors.shape[1] != self.manifest.dimension:
-            raise ValueError(f"vectors of shape {vectors.shape}, index wants {self.manifest.dimension}")
+            raise ValueError(
+                f"vectors of shape {vectors.shape}, index wants {self.manifest.dimension}"
+            )
         data = np.ascontiguousarray(vectors, dtype="<f4")
         with self.transaction() as conn:
             conn.executemany(
@@ -536,7 +541,7 @@ class Store:
     def chunk_ids(
         self, *, path_glob: str | None = None, filters: Filters | None = None
     ) -> NDArray[np.int64]:
-        """Ids of the chunks that have vectors, optionally only those passing filters (or a glob)."""
+        """Ids of the chunks that have vectors, optionally only those passing filters or a glob."""
         sql = "SELECT c.id FROM chunks c"
         args: list[Any] = []
         if path_glob or (filters is not None and filters.active):
@@ -557,7 +562,9 @@ class Store:
         return {
             "documents": c.execute("SELECT count(*) FROM documents").fetchone()[0],
             "chunks": c.execute("SELECT count(*) FROM chunks").fetchone()[0],
-            "vectors": c.execute("SELECT count(*) FROM chunks WHERE vector IS NOT NULL").fetchone()[0],
+            "vectors": c.execute("SELECT count(*) FROM chunks WHERE vector IS NOT NULL").fetchone()[
+                0
+            ],
             "pending_documents": c.execute(
                 "SELECT count(*) FROM documents WHERE status = 'pending'"
             ).fetchone()[0],

@@ -43,7 +43,17 @@ def test_search_json_schema(indexed):
     assert data["query"] == "helmet brakes"
     assert [h["rank"] for h in data["hits"]] == [1, 2]
     for hit in data["hits"]:
-        assert set(hit) == {"rank", "score", "dense_score", "path", "page", "start_line", "end_line", "heading", "text"}
+        assert set(hit) == {
+            "rank",
+            "score",
+            "dense_score",
+            "path",
+            "page",
+            "start_line",
+            "end_line",
+            "heading",
+            "text",
+        }
         assert hit["score"] == hit["dense_score"]  # dense mode: the score is the cosine
         assert isinstance(hit["score"], float) and hit["start_line"] <= hit["end_line"]
     assert data["hits"][0]["path"] == "notes/safety.md" and data["hits"][0]["heading"] == "Safety"
@@ -56,19 +66,39 @@ def test_search_modes_and_filters_from_the_cli(indexed):
     assert data["mode"] == "keyword" and data["hits"][0]["path"] == "hours.txt"
     assert data["hits"][0]["score"] > 1.0 > data["hits"][0]["dense_score"]  # BM25 vs cosine
 
-    args = ["search", "shop closed sundays", "--mode", "hybrid", "--file-type", "markdown", "--heading", "refunds", "--json"]
+    args = [
+        "search",
+        "shop closed sundays",
+        "--mode",
+        "hybrid",
+        "--file-type",
+        "markdown",
+        "--heading",
+        "refunds",
+        "--json",
+    ]
     data = json.loads(runner.invoke(app, args).stdout)
-    assert {(h["path"], h["heading"]) for h in data["hits"]} == {("returns.md", "Returns > Refunds")}
+    assert {(h["path"], h["heading"]) for h in data["hits"]} == {
+        ("returns.md", "Returns > Refunds")
+    }
 
     result = runner.invoke(app, ["search", "shop", "--modified-after", "2999-01-01", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["hits"] == []
-    result = runner.invoke(app, ["search", "shop", "--mmr", "--mmr-lambda", "0.2", "-k", "3", "--json"], env={"RAGKIT_MODE": "hybrid"})
+    result = runner.invoke(
+        app,
+        ["search", "shop", "--mmr", "--mmr-lambda", "0.2", "-k", "3", "--json"],
+        env={"RAGKIT_MODE": "hybrid"},
+    )
     data = json.loads(result.stdout)
     assert data["mode"] == "hybrid" and len(data["hits"]) == 3
 
 
 def test_ask_json_schema(indexed):
-    result = runner.invoke(app, ["ask", "how many days can bikes be returned with the receipt", "--json"], env={"RAGKIT_ABSTAIN_BELOW": "0.1"})
+    result = runner.invoke(
+        app,
+        ["ask", "how many days can bikes be returned with the receipt", "--json"],
+        env={"RAGKIT_ABSTAIN_BELOW": "0.1"},
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(data) >= {"question", "answer", "mode", "model", "abstained", "citations"}
@@ -84,12 +114,19 @@ def test_ask_abstains_with_exit_code_2(indexed):
     assert json.loads(result.stdout)["abstained"] is True
 
 
-def _ragkit(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _ragkit(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RAGKIT_"))}
     full_env["PYTHONPATH"] = str(ROOT)
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "ragkit", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "ragkit", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -115,7 +152,9 @@ def test_empty_query_is_refused(tmp_path):
     (tmp_path / "docs" / "a.txt").write_text("some words about bicycles and their wheels")
     assert _ragkit("index", "docs", cwd=tmp_path).returncode == 0
     proc = _ragkit("search", "   ", cwd=tmp_path)
-    assert proc.returncode == 1 and "query is empty" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 1 and "query is empty" in proc.stderr and "Traceback" not in proc.stderr
+    )
 
 
 def test_end_to_end_offline_with_the_local_model(tmp_path):

@@ -18,10 +18,18 @@ from tests import fakes
 
 ROOT = Path(__file__).resolve().parent.parent
 # ../shared/datasets/scifact beside the checkout (one level further up from a git worktree).
-SCIFACT = next(
-    (p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared") if (p / "datasets" / "scifact").is_dir()),
-    ROOT.parent / "shared",
-) / "datasets" / "scifact"
+SCIFACT = (
+    next(
+        (
+            p
+            for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared")
+            if (p / "datasets" / "scifact").is_dir()
+        ),
+        ROOT.parent / "shared",
+    )
+    / "datasets"
+    / "scifact"
+)
 runner = CliRunner()
 
 # -- metrics -----------------------------------------------------------------------------------
@@ -71,14 +79,43 @@ def test_documents_ranked_keeps_each_documents_best_chunk():
 # Four topics, each a document and a query sharing distinctive words. The query metadata holds
 # "gold evidence" naming a decoy document: if it leaked into retrieval, the decoy would win.
 CORPUS = [
-    {"_id": "d1", "title": "Volcanoes", "text": "Basalt lava erupts from shield volcanoes in Hawaii.", "metadata": {}},
-    {"_id": "d2", "title": "Bees", "text": "Honey bees dance to tell the hive where nectar is.", "metadata": {}},
-    {"_id": "d3", "title": "Glaciers", "text": "Glaciers carve valleys shaped like the letter U.", "metadata": {}},
-    {"_id": "d4", "title": "Tides", "text": "The moon's gravity raises ocean tides twice a day.", "metadata": {}},
-    {"_id": "decoy", "title": "Zebra", "text": "Zebra stripes zebra zebra quagga zebra.", "metadata": {}},
+    {
+        "_id": "d1",
+        "title": "Volcanoes",
+        "text": "Basalt lava erupts from shield volcanoes in Hawaii.",
+        "metadata": {},
+    },
+    {
+        "_id": "d2",
+        "title": "Bees",
+        "text": "Honey bees dance to tell the hive where nectar is.",
+        "metadata": {},
+    },
+    {
+        "_id": "d3",
+        "title": "Glaciers",
+        "text": "Glaciers carve valleys shaped like the letter U.",
+        "metadata": {},
+    },
+    {
+        "_id": "d4",
+        "title": "Tides",
+        "text": "The moon's gravity raises ocean tides twice a day.",
+        "metadata": {},
+    },
+    {
+        "_id": "decoy",
+        "title": "Zebra",
+        "text": "Zebra stripes zebra zebra quagga zebra.",
+        "metadata": {},
+    },
 ]
 QUERIES = [
-    {"_id": "q1", "text": "basalt lava volcanoes", "metadata": {"decoy": [{"sentences": [0], "label": "zebra quagga"}]}},
+    {
+        "_id": "q1",
+        "text": "basalt lava volcanoes",
+        "metadata": {"decoy": [{"sentences": [0], "label": "zebra quagga"}]},
+    },
     {"_id": "q2", "text": "honey bees dance nectar", "metadata": {"decoy": "zebra zebra"}},
     {"_id": "q3", "text": "glaciers carve valleys", "metadata": {}},
     {"_id": "q4", "text": "moon gravity ocean tides", "metadata": {}},
@@ -109,7 +146,10 @@ def test_loader_keeps_only_ids_titles_texts_and_judged_queries(tmp_path):
     [
         (lambda r: (r / "qrels" / "test.tsv").unlink(), "choose a split"),
         (lambda r: (r / "corpus.jsonl").unlink(), "corpus.jsonl is missing"),
-        (lambda r: (r / "corpus.jsonl").write_text('{"_id": "a"}\nnot json\n'), "corpus.jsonl:2: not a JSON line"),
+        (
+            lambda r: (r / "corpus.jsonl").write_text('{"_id": "a"}\nnot json\n'),
+            "corpus.jsonl:2: not a JSON line",
+        ),
         (lambda r: (r / "qrels" / "test.tsv").write_text("q1\td1\n"), "expected query-id"),
         (lambda r: (r / "qrels" / "test.tsv").write_text("q9\td1\t1\n"), "not in queries.jsonl"),
     ],
@@ -148,9 +188,13 @@ def test_eval_end_to_end_with_the_cli_and_cache(tmp_path, monkeypatch):
 
     # Second run: both indexes come from the cache; nothing is embedded again.
     fakes.instances.clear()
-    again = json.loads(runner.invoke(app, ["eval", str(dataset), "--embedder", "bow", "--json"]).stdout)
+    again = json.loads(
+        runner.invoke(app, ["eval", str(dataset), "--embedder", "bow", "--json"]).stdout
+    )
     assert [p["chunks_embedded"] for p in again["protocols"]] == [0, 0]
-    assert again["results"] == [{**r, "seconds": a["seconds"]} for r, a in zip(report["results"], again["results"])]
+    assert again["results"] == [
+        {**r, "seconds": a["seconds"]} for r, a in zip(report["results"], again["results"], strict=True)
+    ]
 
     # A changed corpus: only the new document is embedded.
     extra = {"_id": "d5", "title": "Owls", "text": "Owls hunt mice at night.", "metadata": {}}
@@ -164,10 +208,24 @@ def test_eval_end_to_end_with_the_cli_and_cache(tmp_path, monkeypatch):
 def test_eval_scores_imperfect_rankings(tmp_path):
     # Two documents answer q1 in different words; the keyword ranking must find only one of
     # them in its top 10, so recall@10 is 0.5 and nDCG lies strictly between 0 and 1.
-    corpus = [*CORPUS, {"_id": "d6", "title": "Magma", "text": "Molten rock wells up under Iceland.", "metadata": {}}]
+    corpus = [
+        *CORPUS,
+        {
+            "_id": "d6",
+            "title": "Magma",
+            "text": "Molten rock wells up under Iceland.",
+            "metadata": {},
+        },
+    ]
     qrels = QRELS + "q1\td6\t1\n"
     dataset = make_dataset(tmp_path / "tiny", corpus=corpus, qrels=qrels)
-    report = evaluate(dataset, index_dir=tmp_path / "ix", embedder="bow", protocols=("document",), modes=("keyword",))
+    report = evaluate(
+        dataset,
+        index_dir=tmp_path / "ix",
+        embedder="bow",
+        protocols=("document",),
+        modes=("keyword",),
+    )
     (r,) = report.results
     assert r.recall_at_10 == pytest.approx((0.5 + 1 + 1 + 1) / 4)
     one_of_two = 1 / (1 + 1 / math.log2(3))
@@ -176,7 +234,17 @@ def test_eval_scores_imperfect_rankings(tmp_path):
 
 def test_eval_table_output(tmp_path, monkeypatch):
     monkeypatch.setenv("RAGKIT_INDEX_DIR", str(tmp_path / "indexes"))
-    result = runner.invoke(app, ["eval", str(make_dataset(tmp_path / "tiny")), "--embedder", "bow", "--protocol", "document"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(make_dataset(tmp_path / "tiny")),
+            "--embedder",
+            "bow",
+            "--protocol",
+            "document",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("tiny (test): 4 queries, 5 documents, embedder bow:hash-256")

@@ -34,7 +34,9 @@ def _fts_rowids(settings) -> list[int]:
     with Store.open(settings.index_path) as store:
         # The FTS index's own record of which rows it holds (external content tables read the
         # chunks table for everything else, so only the shadow tables show what was indexed).
-        return [r[0] for r in store.db.conn.execute("SELECT id FROM chunks_fts_docsize ORDER BY id")]
+        return [
+            r[0] for r in store.db.conn.execute("SELECT id FROM chunks_fts_docsize ORDER BY id")
+        ]
 
 
 def _chunk_ids(settings) -> list[int]:
@@ -51,7 +53,9 @@ def test_fts_follows_add_change_and_delete(tmp_path, settings, docs):
     assert [h.path for h in hits] == ["returns.md"]
 
     # Change: the old word goes, a new one arrives; the FTS index has exactly the new rows.
-    (docs / "returns.md").write_text("# Returns\n\nBring the invoice and the bike back within a month.\n")
+    (docs / "returns.md").write_text(
+        "# Returns\n\nBring the invoice and the bike back within a month.\n"
+    )
     os.utime(docs / "returns.md", (1, 1))
     ragkit.index(docs, settings)
     assert ragkit.search("receipt", settings, mode="keyword") == []
@@ -135,7 +139,9 @@ def test_hostile_queries_never_break_fts(settings, docs, query, mode):
 
 
 def test_operator_words_are_searched_as_words(tmp_path, settings):
-    root = write(tmp_path / "d", {"a.txt": "Stand near the door.", "b.txt": "A bicycle with gears."})
+    root = write(
+        tmp_path / "d", {"a.txt": "Stand near the door.", "b.txt": "A bicycle with gears."}
+    )
     ragkit.index(root, settings)
     assert [h.path for h in ragkit.search("NEAR", settings, mode="keyword")] == ["a.txt"]
     # "with" is a stopword, so the only content word decides.
@@ -207,7 +213,12 @@ def test_mmr_skips_near_duplicates(tmp_path, settings):
 
 
 def test_keyword_mode_answers_and_abstains_on_the_cosine(settings, docs):
-    answer = ragkit.ask("how many days to return bikes with the receipt", settings, mode="keyword", abstain_below=0.1)
+    answer = ragkit.ask(
+        "how many days to return bikes with the receipt",
+        settings,
+        mode="keyword",
+        abstain_below=0.1,
+    )
     assert not answer.abstained and answer.citations[0].path == "returns.md"
     # BM25 scores are large numbers; abstention must not be fooled by them.
     hits = ragkit.search("helmet quantum", settings, mode="keyword")
@@ -251,7 +262,10 @@ def filtered(tmp_path, settings):
         ({"file_type": "rst,txt"}, {"notes/tyres.txt", "old/tyres.rst"}),
         ({"modified_after": "2024-06-01"}, {"guide/brakes.md", "notes/tyres.txt"}),
         ({"modified_before": "2024-06-01"}, {"guide/wheels.md", "old/tyres.rst"}),
-        ({"modified_after": "2024-01-01", "modified_before": "2024-07-01"}, {"guide/wheels.md", "guide/brakes.md"}),
+        (
+            {"modified_after": "2024-01-01", "modified_before": "2024-07-01"},
+            {"guide/wheels.md", "guide/brakes.md"},
+        ),
         ({"heading": "tyres"}, {"guide/wheels.md", "old/tyres.rst"}),
         ({"path": "guide/*", "heading": "TYRES"}, {"guide/wheels.md"}),
         ({"path": "guide/*", "file_type": "pdf"}, set()),
