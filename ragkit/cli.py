@@ -237,6 +237,15 @@ def _hit_json(hit: Hit) -> dict[str, Any]:
     }
 
 
+def _score(mode: str, hit: Hit) -> str:
+    """The mode's score, and the cosine beside it when the mode's score is not the cosine."""
+    if mode == "dense" or hit.dense_score is None:
+        return f"{hit.score:.3f}"
+    label = "bm25" if mode == "keyword" else "fused"
+    digits = 2 if mode == "keyword" else 4
+    return f"{label} {hit.score:.{digits}f}, cosine {hit.dense_score:.3f}"
+
+
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
@@ -279,7 +288,7 @@ def search(
     for hit in hits:
         heading = f" § {hit.heading}" if hit.heading else ""
         typer.echo(
-            f"{hit.rank}. [{hit.score:.3f}] {hit.path}"
+            f"{hit.rank}. [{_score(settings.mode, hit)}] {hit.path}"
             f" ({_location(hit.page, hit.start_line, hit.end_line)}){heading}"
         )
         typer.echo("   " + " ".join(hit.text.split())[:400])

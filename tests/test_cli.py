@@ -82,6 +82,9 @@ def test_search_modes_and_filters_from_the_cli(indexed):
         ("returns.md", "Returns > Refunds")
     }
 
+    text = runner.invoke(app, ["search", "shop closed sundays", "--mode", "keyword"]).stdout
+    assert text.startswith("1. [bm25 ") and ", cosine 0." in text.splitlines()[0]
+
     result = runner.invoke(app, ["search", "shop", "--modified-after", "2999-01-01", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["hits"] == []
     result = runner.invoke(
