@@ -62,7 +62,8 @@ Mode = Annotated[
     str | None,
     typer.Option(
         envvar="RAGKIT_MODE",
-        help="dense (cosine), keyword (BM25) or hybrid (both, rank-fused) [default: dense].",
+        help="hybrid (dense + keyword, rank-fused), dense (cosine) or keyword (BM25)"
+        " [default: hybrid].",
     ),
 ]
 Mmr = Annotated[

@@ -162,7 +162,7 @@ def search(
     query: str,
     *,
     k: int = 5,
-    mode: str = "dense",
+    mode: str = "hybrid",
     filters: Filters | None = None,
     min_score: float | None = None,
     diversify: bool = False,

@@ -193,7 +193,8 @@ def test_eval_end_to_end_with_the_cli_and_cache(tmp_path, monkeypatch):
     )
     assert [p["chunks_embedded"] for p in again["protocols"]] == [0, 0]
     assert again["results"] == [
-        {**r, "seconds": a["seconds"]} for r, a in zip(report["results"], again["results"], strict=True)
+        {**r, "seconds": a["seconds"]}
+        for r, a in zip(report["results"], again["results"], strict=True)
     ]
 
     # A changed corpus: only the new document is embedded.

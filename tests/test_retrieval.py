@@ -82,7 +82,9 @@ def test_keyword_scores_are_bm25_best_first_and_stemmed(settings, docs):
     assert all(h.score > 0 for h in hits)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     # The cosine is there too, and it is the dense mode's score for the same chunk.
-    dense = {h.chunk_id: h.score for h in ragkit.search("shop closing", settings, k=20)}
+    dense = {
+        h.chunk_id: h.score for h in ragkit.search("shop closing", settings, mode="dense", k=20)
+    }
     for h in hits:
         assert h.dense_score == pytest.approx(dense[h.chunk_id], abs=1e-5)
 
@@ -148,6 +150,14 @@ def test_operator_words_are_searched_as_words(tmp_path, settings):
     assert [h.path for h in ragkit.search("with GEARS", settings, mode="keyword")] == ["b.txt"]
 
 
+def test_hybrid_is_the_default_mode(settings, docs):
+    assert ragkit.Settings.load(environ={}).mode == "hybrid"
+    default = ragkit.search("helmet brakes ride", settings, k=10)
+    hybrid = ragkit.search("helmet brakes ride", settings, mode="hybrid", k=10)
+    assert [h.chunk_id for h in default] == [h.chunk_id for h in hybrid]
+    assert ragkit.Settings.load(environ={"RAGKIT_MODE": "keyword"}).mode == "keyword"
+
+
 def test_unknown_mode_is_refused(settings, docs):
     with pytest.raises(QueryError, match="dense, keyword, hybrid"):
         ragkit.search("helmet", settings.replace(mode="fuzzy"))
@@ -178,7 +188,7 @@ def test_mmr_by_hand():
 
 
 def test_hybrid_fuses_both_rankings_and_keeps_the_cosine(settings, docs):
-    dense = ragkit.search("helmet brakes ride", settings, k=10)
+    dense = ragkit.search("helmet brakes ride", settings, mode="dense", k=10)
     keyword = ragkit.search("helmet brakes ride", settings, mode="keyword", k=10)
     hybrid = ragkit.search("helmet brakes ride", settings, mode="hybrid", k=10)
     expected = rrf([[h.chunk_id for h in dense], [h.chunk_id for h in keyword]])
@@ -206,9 +216,11 @@ def test_mmr_skips_near_duplicates(tmp_path, settings):
         },
     )
     ragkit.index(root, settings)
-    plain = ragkit.search("chain drivetrain quiet", settings, k=2)
+    plain = ragkit.search("chain drivetrain quiet", settings, mode="dense", k=2)
     assert {h.path for h in plain} == {"a.txt", "b.txt"}
-    diverse = ragkit.search("chain drivetrain quiet", settings, k=2, mmr=True, mmr_lambda=0.3)
+    diverse = ragkit.search(
+        "chain drivetrain quiet", settings, mode="dense", k=2, mmr=True, mmr_lambda=0.3
+    )
     assert diverse[0].path == plain[0].path and diverse[1].path == "c.txt"
 
 
