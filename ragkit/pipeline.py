@@ -18,7 +18,7 @@ from typing import Any
 from ragkit.answerer import DEFAULT_ABSTAIN_BELOW, Answer, extractive_answer, llm_answer
 from ragkit.chunking import chunk_document
 from ragkit.config import Settings
-from ragkit.documents import Document, Skipped, discover, load_document, relative_path
+from ragkit.documents import Skipped, discover, load_document, relative_path
 from ragkit.embedders import Embedder, embed_batches, make_embedder, parse_spec
 from ragkit.errors import ConfigError, IndexMismatchError, LoadError, RagkitError
 from ragkit.retriever import Hit, check_query
@@ -79,6 +79,11 @@ class IndexStatus:
     faiss_generation: int
     faiss_agrees: bool
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _under(path: str, folder: str) -> bool:
+    """True when ``path`` is ``folder`` or inside it (relative POSIX paths; "" is the root)."""
+    return folder in ("", ".") or path == folder or path.startswith(folder + "/")
 
 
 def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
@@ -151,24 +156,31 @@ def index(
             )
         store.set_source(source)
 
-        # 1. Which files are there, and which changed since the last run.
+        # 1. Which files are there. A failure to look (unlistable folder, broken link) is not a
+        # deletion: what is indexed under it stays.
         note("scan", 0, 0)
-        files, skipped = discover(
+        files, passed_over = discover(
             root,
             exclude=[Path(settings.index_dir)],
             max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
         )
+        skipped = [s for s in passed_over if not s.failed]
+        failed = [s for s in passed_over if s.failed]
         known = store.documents()
         present = {relative_path(f, root): f for f in files}
+        kept = {p for p in known if any(_under(p, s.path) for s in failed)}
+        gone = {p: r for p, r in known.items() if p not in present and p not in kept}
+        # Renames: a new path whose bytes match a document whose path is gone.
+        by_hash = {r.sha256: p for p, r in gone.items()}
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         added: list[str] = []
         changed: list[str] = []
         moved: list[tuple[str, str]] = []
-        failed: list[Skipped] = []
         warnings: list[tuple[str, str]] = []
         unchanged = reused = 0
-        loaded: list[tuple[Document, bool]] = []  # (document, is new)
 
+        # 2. Load what is new or changed (size and mtime say which; the content hash decides),
+        # committing each document with its chunks; unchanged chunk texts keep their vectors.
         for done, (rel, file) in enumerate(present.items(), start=1):
             note("load", done, len(present))
             row = known.get(rel)
@@ -182,7 +194,12 @@ def index(
                     continue
                 doc = load_document(file, root)
             except LoadError as exc:
-                (failed if exc.failed else skipped).append(Skipped(rel, exc.reason, exc.failed))
+                if exc.failed:  # the indexed version, if any, stays searchable
+                    failed.append(Skipped(rel, exc.reason, True))
+                else:  # now empty, binary...: nothing of it belongs in the index any more
+                    skipped.append(Skipped(rel, exc.reason, False))
+                    if row:
+                        gone[rel] = row
                 continue
             except OSError as exc:
                 failed.append(Skipped(rel, f"unreadable: {exc.strerror or exc}", True))
@@ -194,23 +211,12 @@ def index(
                 store.touch_document(rel, mtime=doc.mtime)
                 unchanged += 1
                 continue
-            loaded.append((doc, row is None))
-
-        # 2. Renames: a new path whose bytes match a document whose path is gone.
-        gone = {p: r for p, r in known.items() if p not in present}
-        by_hash = {r.sha256: p for p, r in gone.items() if r.status == "indexed"}
-        for doc, is_new in list(loaded):
-            old = by_hash.pop(doc.sha256, None) if is_new else None
-            if old is not None:
+            old = by_hash.pop(doc.sha256, None) if row is None else None
+            if old is not None and old in gone:
                 store.move_document(old, doc.path, mtime=doc.mtime)
                 moved.append((old, doc.path))
                 del gone[old]
-                loaded.remove((doc, is_new))
-        removed = sorted(gone)
-        store.remove_documents(removed)
-
-        # 3. Chunk what is new or changed; unchanged chunk texts keep their vectors.
-        for doc, is_new in loaded:
+                continue
             chunks = chunk_document(
                 doc, embedder.count_tokens, max_tokens=max_tokens, overlap=settings.chunk_overlap
             )
@@ -225,7 +231,11 @@ def index(
                 chunks=chunks,
             )
             reused += reused_here
-            (added if is_new else changed).append(doc.path)
+            (changed if row else added).append(doc.path)
+
+        # 3. Remove what is gone, after the loads above could take over its vectors.
+        removed = sorted(gone)
+        store.remove_documents(removed)
 
         # 4. Embed every chunk still without a vector, committing batch by batch.
         pending = store.pending()
@@ -240,7 +250,7 @@ def index(
             note("embed", embedded, len(pending))
 
         # 5. Derive the FAISS file from SQLite when anything changed (or it disagrees).
-        if embedded or removed or loaded or moved or not store.vectors_agree():
+        if embedded or removed or added or changed or not store.vectors_agree():
             store.save_vectors()
         counts = store.counts()
         return IndexReport(
