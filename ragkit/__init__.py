@@ -1,8 +1,8 @@
 """ragkit: semantic search and cited answers over your documents, offline by default.
 
-The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``. The parts, for
-apps that assemble their own pipeline, are importable from here too. Names load on first use,
-so ``import ragkit`` (and ``ragkit --help``) stays instant.
+The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``, ``doctor()``.
+The parts, for apps that assemble their own pipeline, are importable from here too. Names load
+on first use, so ``import ragkit`` (and ``ragkit --help``) stays instant.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ if TYPE_CHECKING:
         QuotaError,
         RagkitError,
     )
-    from ragkit.pipeline import IndexReport, IndexStatus, ask, index, search, status
+    from ragkit.pipeline import IndexReport, IndexStatus, ask, doctor, index, search, status
     from ragkit.retriever import Hit
-    from ragkit.store import Store
+    from ragkit.store import HealthReport, Problem, Store
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ _EXPORTS = {
     "search": "ragkit.pipeline",
     "ask": "ragkit.pipeline",
     "status": "ragkit.pipeline",
+    "doctor": "ragkit.pipeline",
     "IndexReport": "ragkit.pipeline",
     "IndexStatus": "ragkit.pipeline",
     "Settings": "ragkit.config",
@@ -56,6 +57,8 @@ _EXPORTS = {
     "LocalEmbedder": "ragkit.embedders.local",
     "OpenAIEmbedder": "ragkit.embedders.openai",
     "Store": "ragkit.store",
+    "HealthReport": "ragkit.store",
+    "Problem": "ragkit.store",
     "Hit": "ragkit.retriever",
     "Answer": "ragkit.answerer",
     "Citation": "ragkit.answerer",

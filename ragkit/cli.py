@@ -2,7 +2,7 @@
 
 Results go to stdout, progress and messages to stderr. A RagkitError is one line on stderr and
 exit code 1; ``ask`` exits 2 when it abstains; ``index`` exits 3 when some file that should have
-been indexed failed (the rest of the run is kept).
+been indexed failed (the rest of the run is kept); ``doctor`` exits 4 when problems remain.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ragkit.answerer import Answer
     from ragkit.pipeline import IndexReport
     from ragkit.retriever import Hit
+    from ragkit.store import HealthReport
 
 app = typer.Typer(
     name="ragkit",
@@ -35,6 +36,7 @@ app = typer.Typer(
 EXIT_ERROR = 1
 EXIT_ABSTAINED = 2
 EXIT_FILES_FAILED = 3
+EXIT_UNHEALTHY = 4
 
 # Options shared by every command; each has a RAGKIT_* variable of the same name.
 IndexName = Annotated[
@@ -337,6 +339,48 @@ def status(
     ]
     for key, value in rows:
         typer.echo(f"{key:>16}: {value}")
+
+
+@app.command()
+def doctor(
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what can be fixed without the source files.")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for a writer instead of failing.")] = False,
+    as_json: AsJson = False,
+    verbose: Verbose = False,
+) -> None:
+    """Check that an index's parts agree (FAISS, SQLite, keyword index, manifest); --repair fixes them."""
+    from ragkit import pipeline
+
+    _setup_logging(verbose)
+    report = pipeline.doctor(index=index, index_dir=index_dir, repair=repair, wait=wait)
+    if as_json:
+        data = asdict(report)
+        data["ok"] = report.ok
+        typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        _print_health(report, repair=repair)
+    if not report.ok:
+        raise typer.Exit(EXIT_UNHEALTHY)
+
+
+def _print_health(report: HealthReport, *, repair: bool) -> None:
+    faiss = "no readable" if report.faiss_vectors is None else f"{report.faiss_vectors} in the"
+    typer.echo(
+        f"{report.index}: {report.documents} documents, {report.chunks} chunks,"
+        f" {report.vectors} vectors in SQLite, {faiss} FAISS file"
+    )
+    for action in report.repaired:
+        typer.echo(f"repaired: {action}")
+    for problem in report.problems:
+        typer.echo(f"problem [{problem.code}]: {problem.detail}")
+        hint = "--repair will" if problem.repairable and not repair else "to fix"
+        typer.echo(f"    {hint}: {problem.fix}")
+    if report.ok:
+        typer.echo("healthy: FAISS agrees with SQLite; manifest, rows and keyword index are sound")
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
 """The whole flow in one place: files -> documents -> chunks -> vectors -> index -> hits -> answer.
 
 ``index(path)`` brings an index in line with a folder: new and changed files are loaded,
-chunked and embedded batch by batch (each batch committed as it completes), deleted files are
-removed, renamed files re-pointed, and the FAISS file is rebuilt from SQLite. ``search`` and
-``ask`` always use the embedder recorded in the index.
+chunked and committed one by one, then embedded batch by batch (each batch committed as it
+completes); deleted files are removed, renamed files re-pointed, and the FAISS file is rebuilt
+from SQLite. ``search`` and ``ask`` always use the embedder recorded in the index; ``doctor``
+checks (and repairs) the index's files.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ragkit.embedders import Embedder, embed_batches, make_embedder, parse_spec
 from ragkit.errors import ConfigError, IndexMismatchError, LoadError, RagkitError
 from ragkit.retriever import Hit, check_query
 from ragkit.retriever import search as dense_search
-from ragkit.store import Store
+from ragkit.store import HealthReport, Problem, Store
 
 log = logging.getLogger(__name__)
 
@@ -345,3 +346,23 @@ def status(settings: Settings | None = None, **overrides: Any) -> IndexStatus:
             faiss_generation=m.faiss_generation,
             faiss_agrees=store.vectors_agree(),
         )
+
+
+def doctor(
+    settings: Settings | None = None, *, repair: bool = False, wait: bool = False, **overrides: Any
+) -> HealthReport:
+    """Check that the index's parts agree (FAISS, SQLite, keyword index, manifest); ``repair`` fixes
+    what can be fixed without the source files. Embedding what is missing is ``index``'s job."""
+    settings = _settings(settings, overrides)
+    try:
+        store = Store.open(settings.index_path)
+    except IndexMismatchError as exc:  # a manifest that names no embedder, or another schema
+        return HealthReport(
+            index=str(settings.index_path),
+            problems=(Problem("manifest", str(exc), "build a new index", repairable=False),),
+        )
+    with store:
+        if not repair:
+            return store.check()
+        store.lock(wait=wait)
+        return store.repair()
