@@ -1,0 +1,255 @@
+"""Incremental sync: each case embeds exactly the chunks whose text is new, and nothing else."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ragkit
+from ragkit.chunking import Chunk
+from ragkit.store import FAISS_NAME, Store, _faiss_ids, cache_key
+from tests import fakes
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar".split()
+
+
+def paragraph(rng: random.Random, n: int = 45) -> str:
+    return " ".join(f"{rng.choice(WORDS)}{rng.randint(0, 99)}" for _ in range(n)) + "."
+
+
+def write_long(path: Path, paragraphs: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Long\n\n" + "\n\n".join(paragraphs) + "\n")
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return ragkit.Settings.load(environ={}, index_dir=tmp_path / "indexes", embedder="bow")
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rng = random.Random(7)
+    docs = tmp_path / "docs"
+    paragraphs = [paragraph(rng) for _ in range(20)]
+    write_long(docs / "long.md", paragraphs)
+    (docs / "short.txt").write_text("Zebras graze on the savannah near the waterhole.\n")
+    (docs / "notes").mkdir()
+    (docs / "notes" / "moving.txt").write_text("Penguins huddle together through the polar winter.\n")
+    return docs, paragraphs, rng
+
+
+def embedded() -> list[str]:
+    """Texts the fake embedder was asked for since the last clear (query embeddings included)."""
+    return [t for e in fakes.instances for t in e.embedded_texts]
+
+
+def run(docs: Path, settings: ragkit.Settings) -> ragkit.IndexReport:
+    fakes.instances.clear()
+    return ragkit.index(docs, settings)
+
+
+def chunk_texts(settings: ragkit.Settings, path: str) -> list[str]:
+    with Store.open(settings.index_path) as store:
+        rows = store.db.conn.execute(
+            "SELECT c.text FROM chunks c JOIN documents d ON d.id = c.document_id"
+            " WHERE d.path = ? ORDER BY c.ordinal",
+            (path,),
+        )
+        return [r[0] for r in rows]
+
+
+def assert_consistent(settings: ragkit.Settings) -> Store:
+    store = Store.open(settings.index_path)
+    assert store.vectors_agree()
+    report = store.check()
+    assert report.ok, report.problems
+    return store
+
+
+def fts_count(store: Store, word: str) -> int:
+    return int(store.db.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (word,)).fetchone()[0])
+
+
+def test_added_file_embeds_only_its_chunks(corpus, settings):
+    docs, _, _ = corpus
+    first = run(docs, settings)
+    assert sorted(first.added) == ["long.md", "notes/moving.txt", "short.txt"]
+    assert first.chunks_embedded == first.chunks == len(embedded())
+
+    (docs / "new.md").write_text("# Giraffes\n\nGiraffes browse acacia leaves high above the ground.\n")
+    report = run(docs, settings)
+    assert report.added == ("new.md",) and report.unchanged == 3
+    assert (report.changed, report.removed, report.moved) == ((), (), ())
+    assert embedded() == chunk_texts(settings, "new.md") and report.chunks_embedded == 1
+    hits = ragkit.search("giraffes acacia leaves", settings)
+    assert hits[0].path == "new.md"
+    assert_consistent(settings).close()
+
+
+def test_changing_one_paragraph_embeds_only_the_changed_chunks(corpus, settings):
+    docs, paragraphs, rng = corpus
+    run(docs, settings)
+    before = chunk_texts(settings, "long.md")
+    assert len(before) >= 8  # a long file: many chunks to reuse
+
+    old, paragraphs[10] = paragraphs[10], paragraph(rng)
+    write_long(docs / "long.md", paragraphs)
+    report = run(docs, settings)
+
+    after = chunk_texts(settings, "long.md")
+    fresh = [t for t in after if t not in before]
+    assert report.changed == ("long.md",) and report.unchanged == 2
+    assert 1 <= len(fresh) <= 2
+    assert embedded() == fresh  # exactly the new texts, each once
+    assert report.chunks_embedded == len(fresh)
+    assert report.chunks_reused == len(after) - len(fresh)
+    with assert_consistent(settings) as store:
+        # Words only the replaced paragraph had are gone from the keyword index; the new ones are in.
+        remaining = set(re.findall(r"\w+", " ".join(after)))
+        gone = [w for w in re.findall(r"\w+", old) if w not in remaining]
+        assert gone and all(fts_count(store, w) == 0 for w in gone)
+        assert all(fts_count(store, w) >= 1 for w in re.findall(r"\w+", paragraphs[10]))
+
+
+def test_deleted_file_leaves_faiss_sqlite_and_fts(corpus, settings):
+    docs, _, _ = corpus
+    run(docs, settings)
+    with Store.open(settings.index_path) as store:
+        before_ids = set(store.chunk_ids().tolist())
+        zebra_ids = {
+            r[0]
+            for r in store.db.conn.execute(
+                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.path = 'short.txt'"
+            )
+        }
+        assert zebra_ids and fts_count(store, "zebras") == 1
+
+    (docs / "short.txt").unlink()
+    report = run(docs, settings)
+    assert report.removed == ("short.txt",) and report.chunks_embedded == 0 and not embedded()
+    with assert_consistent(settings) as store:
+        assert "short.txt" not in store.documents()
+        ids = set(store.chunk_ids().tolist())
+        assert ids == before_ids - zebra_ids
+        assert set(_faiss_ids(store.faiss_index()).tolist()) == ids
+        import faiss
+
+        on_disk = faiss.read_index(str(store.path / FAISS_NAME))
+        assert on_disk.ntotal == len(ids) and not zebra_ids & set(_faiss_ids(on_disk).tolist())
+        assert fts_count(store, "zebras") == 0
+    assert all(h.path != "short.txt" for h in ragkit.search("zebras graze savannah", settings))
+
+
+def test_renamed_and_moved_files_are_repointed_without_embedding(corpus, settings):
+    docs, _, _ = corpus
+    run(docs, settings)
+    with Store.open(settings.index_path) as store:
+        ids_before = store.chunk_ids().tolist()
+    (docs / "archive").mkdir()
+    os.rename(docs / "notes" / "moving.txt", docs / "archive" / "penguins.txt")
+    os.rename(docs / "long.md", docs / "long-renamed.md")
+
+    report = run(docs, settings)
+    assert sorted(report.moved) == [
+        ("long.md", "long-renamed.md"),
+        ("notes/moving.txt", "archive/penguins.txt"),
+    ]
+    assert (report.added, report.removed, report.changed) == ((), (), ())
+    assert report.chunks_embedded == 0 and not embedded()
+    with assert_consistent(settings) as store:
+        assert store.chunk_ids().tolist() == ids_before  # the same rows, re-pointed
+        assert set(store.documents()) == {"long-renamed.md", "archive/penguins.txt", "short.txt"}
+    assert ragkit.search("penguins huddle polar winter", settings)[0].path == "archive/penguins.txt"
+
+
+def test_moved_and_edited_file_reuses_the_vectors_of_its_old_path(corpus, settings):
+    docs, paragraphs, rng = corpus
+    run(docs, settings)
+    before = chunk_texts(settings, "long.md")
+    (docs / "long.md").unlink()
+    paragraphs[3] = paragraph(rng)
+    write_long(docs / "moved" / "long.md", paragraphs)
+
+    report = run(docs, settings)
+    after = chunk_texts(settings, "moved/long.md")
+    fresh = [t for t in after if t not in before]
+    assert report.added == ("moved/long.md",) and report.removed == ("long.md",)
+    assert 1 <= len(fresh) <= 2 and embedded() == fresh
+    assert report.chunks_reused == len(after) - len(fresh)
+    assert_consistent(settings).close()
+
+
+def test_touched_file_is_unchanged_and_takes_the_fast_path_next_time(corpus, settings, monkeypatch):
+    docs, _, _ = corpus
+    run(docs, settings)
+    stat = (docs / "short.txt").stat()
+    os.utime(docs / "short.txt", (stat.st_atime, stat.st_mtime + 100))
+    report = run(docs, settings)
+    assert report.unchanged == 3 and report.changed == () and not embedded()
+
+    # The new mtime was recorded: a third run loads nothing at all.
+    from ragkit import pipeline
+
+    loads: list[Path] = []
+    real = pipeline.load_document
+    monkeypatch.setattr(pipeline, "load_document", lambda f, r: loads.append(f) or real(f, r))
+    assert run(docs, settings).unchanged == 3 and loads == []
+
+
+def test_identical_text_in_a_new_file_is_reused_not_embedded(corpus, settings):
+    docs, _, _ = corpus
+    run(docs, settings)
+    shutil.copy(docs / "short.txt", docs / "copy-of-short.txt")
+    report = run(docs, settings)
+    assert report.added == ("copy-of-short.txt",)
+    assert report.chunks_embedded == 0 and report.chunks_reused == 1 and not embedded()
+
+
+def test_the_cache_key_names_embedder_model_and_dimension(tmp_path):
+    text = "the same words"
+    keys = {
+        cache_key(text, embedder="bow", model="hash-256", dimension=256),
+        cache_key(text, embedder="bow", model="hash-512", dimension=256),
+        cache_key(text, embedder="bow", model="hash-256", dimension=128),
+        cache_key(text, embedder="local", model="hash-256", dimension=256),
+    }
+    assert len(keys) == 4
+    store = Store.create(tmp_path / "ix", embedder="bow", model="hash-256", dimension=256)
+    chunk = Chunk(ordinal=0, text=text, start_char=0, end_char=len(text), start_line=1, end_line=1, page=None, heading="", tokens=3)
+    store.put_document(path="a.txt", sha256="a", size=1, mtime=1.0, kind="text", pages=0, warnings=(), chunks=[chunk])
+    stored = store.db.conn.execute("SELECT cache_key FROM chunks").fetchone()[0]
+    assert stored == cache_key(text, embedder="bow", model="hash-256", dimension=256)
+    store.close()
+
+
+def test_a_crash_before_faiss_is_saved_never_serves_a_stale_vector(tmp_path):
+    """Chunk ids are never reused, so a FAISS file from before the crash cannot pass for current."""
+    emb = fakes.BagOfWordsEmbedder()
+    store = Store.create(tmp_path / "ix", embedder=emb.name, model=emb.model, dimension=emb.dimension)
+
+    def put(path: str, texts: list[str]) -> None:
+        chunks = [Chunk(ordinal=i, text=t, start_char=0, end_char=len(t), start_line=1, end_line=1, page=None, heading="", tokens=2) for i, t in enumerate(texts)]
+        store.put_document(path=path, sha256=path + texts[0], size=1, mtime=1.0, kind="text", pages=0, warnings=(), chunks=chunks)
+        pending = store.pending()
+        if pending:
+            store.set_vectors([i for i, _, _ in pending], emb.embed([t for _, t, _ in pending]))
+
+    put("a.txt", ["red apples"])
+    put("b.txt", ["blue whales"])  # the highest chunk id
+    store.save_vectors()
+    put("b.txt", ["green frogs"])  # replaced and embedded, then "killed" before save_vectors
+    store.close()
+
+    again = Store.open(tmp_path / "ix")
+    scores, ids = again.search_vectors(emb.embed(["green frogs"]), 1)
+    assert again.chunks([int(ids[0][0])])[int(ids[0][0])].text == "green frogs"
+    assert scores[0][0] == pytest.approx(1.0, abs=1e-5)
+    assert np.array_equal(_faiss_ids(again.faiss_index()), again.chunk_ids())
+    again.close()
