@@ -31,6 +31,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shlex
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -220,6 +221,14 @@ def _faiss_ids(index: Any) -> NDArray[np.int64]:
     return np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
 
 
+def _index_flags(path: Path) -> str:
+    """The ``--index`` (and ``--index-dir``) flags that name the index at ``path``."""
+    flags = f" --index {shlex.quote(path.name)}"
+    if path.parent != Path("indexes"):
+        flags += f" --index-dir {shlex.quote(str(path.parent))}"
+    return flags
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -300,8 +309,7 @@ class Store:
         """Open the index at ``path``; raise IndexNotFoundError when there is none."""
         if not cls.exists(path):
             raise IndexNotFoundError(
-                f"no index at {path}: build one with `ragkit index PATH --index {path.name}`"
-                + (f" --index-dir {path.parent}" if path.parent != Path("indexes") else "")
+                f"no index at {path}: build one with `ragkit index PATH{_index_flags(path)}`"
             )
         db = cls._connect(path)
         try:
@@ -869,12 +877,12 @@ class Store:
         pending = count("SELECT count(*) FROM documents WHERE status = 'pending'")
         if pending:
             waiting = count("SELECT count(*) FROM chunks WHERE vector IS NULL")
+            source = shlex.quote(self.manifest.source) if self.manifest.source else "PATH"
             found(
                 "pending",
-                f"{pending} documents wait for {waiting} vectors (an index run was interrupted)",
-                "run `ragkit index`"
-                + (f" {self.manifest.source}" if self.manifest.source else " PATH")
-                + f" --index {self.path.name} to embed them; doctor does not embed",
+                f"{pending} documents are not fully indexed ({waiting} chunks wait for vectors):"
+                " an index run was interrupted, or a repair marked them to be read again",
+                f"run `ragkit index {source}{_index_flags(self.path)}`; doctor does not embed",
                 repairable=False,
             )
         counts = self.counts()
@@ -938,9 +946,12 @@ class Store:
                 ).rowcount
                 done.append(f"cleared {n} vectors of the wrong size")
             if "chunks" in before:
-                # An empty hash never matches a file, so the next run reads and re-chunks them.
+                # An empty hash never matches a file, so the next run reads and re-chunks them;
+                # until then what is left of them stays searchable.
                 n = conn.execute(
-                    f"UPDATE documents SET sha256 = '', status = 'pending' WHERE {_CHUNKS_MISSING}"
+                    "UPDATE documents SET sha256 = '', status = 'pending', chunks ="
+                    f" (SELECT count(*) FROM chunks WHERE document_id = documents.id)"
+                    f" WHERE {_CHUNKS_MISSING}"
                 ).rowcount
                 done.append(f"marked {n} documents to be read again")
             if before & {"vectors", "status"}:
