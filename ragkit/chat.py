@@ -150,8 +150,7 @@ class OpenAIChatModel:
         if given["seed"] is not None:
             params["seed"] = given["seed"]
         if dropped:
-            kind = "a reasoning model" if self.family.reasoning else "not a reasoning model"
-            log.warning("%s is %s: not sending %s", self.model, kind, ", ".join(dropped))
+            _note_dropped(self.model, self.family.reasoning, tuple(dropped))
         return params
 
     def _messages(self, messages: Sequence[Message]) -> list[Message]:
@@ -214,6 +213,13 @@ class OpenAIChatModel:
         if finish is None:
             raise ChatError(_cut_message(parts, "the stream ended without a finish reason"))
         return ChatResult("".join(parts), finish, usage)
+
+
+@functools.lru_cache(maxsize=64)
+def _note_dropped(model: str, reasoning: bool, names: tuple[str, ...]) -> None:
+    """Say once per process (not once per question) which settings a model cannot take."""
+    kind = "a reasoning model" if reasoning else "not a reasoning model"
+    log.warning("%s is %s: not sending %s", model, kind, ", ".join(names))
 
 
 def _cut_message(parts: Sequence[str], why: str) -> str:

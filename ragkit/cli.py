@@ -98,7 +98,7 @@ MaxTokens = Annotated[
 Seed = Annotated[Optional[int], typer.Option(envvar="RAGKIT_SEED", help="Seed for repeatable sampling.")]
 Stop = Annotated[
     Optional[list[str]],
-    typer.Option("--stop", help="Stop sequence (repeatable, up to 4; RAGKIT_STOP takes a JSON list)."),
+    typer.Option("--stop", metavar="<str>", help="Stop sequence (repeatable, up to 4; RAGKIT_STOP takes a JSON list)."),
 ]
 ReasoningEffort = Annotated[
     Optional[str],

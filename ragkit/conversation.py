@@ -78,7 +78,10 @@ def followup_query(question: str, turns: Sequence[Turn]) -> str | None:
     "And on Sundays?" alone retrieves nothing useful; after "When does the shop close?" it
     does. Only the previous question is added (not its answer, which would pull retrieval back
     to the sources already shown), and the plain question is searched too (see merge_hits), so
-    a change of topic still finds its own sources.
+    a change of topic still finds its own sources. The price: an unrelated question right after
+    another also finds the earlier topic's sources and passes the abstention threshold, leaving
+    the chat model (told to say when the sources do not answer) to judge; extractive answers,
+    with no model to judge, search the question alone.
     """
     if not turns:
         return None

@@ -8,7 +8,6 @@ removed, renamed files re-pointed, and the FAISS file is rebuilt from SQLite. ``
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -300,9 +299,13 @@ def ask(
     settings = _settings(settings, overrides)
     question = check_query(question)
     history = fit_history(history, settings.chat_history_tokens)
+    use_llm = settings.openai_configured if settings.llm is None else settings.llm
     queries = [question]
     followup = followup_query(question, history)
-    if followup:
+    # Only a model can tell a follow-up from a change of topic (an earlier question's words
+    # would make any new question look answerable), so extractive answers search the question
+    # alone.
+    if followup and use_llm:
         queries.append(followup)
     store, embedder = open_index(settings)
     with store:
@@ -316,10 +319,8 @@ def ask(
     threshold = settings.abstain_below
     if threshold is None:
         threshold = DEFAULT_ABSTAIN_BELOW.get(embedder.name, 0.3)
-    use_llm = settings.openai_configured if settings.llm is None else settings.llm
     if not use_llm:
-        answer = extractive_answer(queries[-1], hits, embedder, abstain_below=threshold)
-        return dataclasses.replace(answer, question=question)
+        return extractive_answer(question, hits, embedder, abstain_below=threshold)
     return llm_answer(
         question, hits, chat_model(settings), abstain_below=threshold, stream=on_text, history=history
     )
