@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,21 @@ Q_HOURS = "when does the shop close on sundays"
 Q_RETURNS = "how many days can bikes be returned with the receipt"
 REASONING = sorted(name for name, model in CHAT_MODELS.items() if model.reasoning)
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[OpenAITestServer]:
+    with OpenAITestServer() as server:
+        yield server
+
+
+@pytest.fixture
+def openai_server(shared_server: OpenAITestServer) -> Iterator[OpenAITestServer]:
+    """The conftest fixture's server, but one per module, reset between tests: one base URL
+    means ragkit's shared SDK client is built once (building one loads the CA bundle)."""
+    shared_server.reset()
+    yield shared_server
+    shared_server.reset()
 
 
 @pytest.fixture
