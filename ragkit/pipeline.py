@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.answerer import DEFAULT_ABSTAIN_BELOW, Answer, extractive_answer, llm_answer
-from ragkit.chat import ChatModel
+from ragkit.chat import ChatModel, OpenAIChatModel
 from ragkit.chunking import chunk_document
 from ragkit.config import Settings
 from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
@@ -328,8 +328,6 @@ def ask(
 
 def chat_model(settings: Settings) -> ChatModel:
     """The chat model ``settings`` describe, its request shaped for the model's family."""
-    from ragkit.chat import OpenAIChatModel
-
     return OpenAIChatModel(
         settings.chat_model,
         api_key=settings.openai_api_key,
