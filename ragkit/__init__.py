@@ -1,6 +1,7 @@
 """ragkit: semantic search and cited answers over your documents, offline by default.
 
-The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``. The parts, for
+The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``, and their async
+forms ``aindex``, ``asearch``, ``aask`` (bounded by ``max_concurrency``). The parts, for
 apps that assemble their own pipeline, are importable from here too. Names load on first use,
 so ``import ragkit`` (and ``ragkit --help``) stays instant.
 """
@@ -11,10 +12,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ragkit.aio import aask, aindex, asearch
     from ragkit.answerer import Answer, Citation
     from ragkit.chat import ChatModel, ChatResult, OpenAIChatModel
     from ragkit.chunking import Chunk, chunk_document
     from ragkit.config import Settings
+    from ragkit.conversation import Turn
     from ragkit.documents import Document, Skipped, discover, load_document
     from ragkit.embedders import Embedder, make_embedder
     from ragkit.embedders.local import LocalEmbedder
@@ -42,6 +45,10 @@ _EXPORTS = {
     "search": "ragkit.pipeline",
     "ask": "ragkit.pipeline",
     "status": "ragkit.pipeline",
+    "aask": "ragkit.aio",
+    "asearch": "ragkit.aio",
+    "aindex": "ragkit.aio",
+    "Turn": "ragkit.conversation",
     "IndexReport": "ragkit.pipeline",
     "IndexStatus": "ragkit.pipeline",
     "Settings": "ragkit.config",
@@ -101,6 +108,10 @@ __all__ = [
     "Settings",
     "Skipped",
     "Store",
+    "Turn",
+    "aask",
+    "aindex",
+    "asearch",
     "ask",
     "chunk_document",
     "discover",
