@@ -7,6 +7,7 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from ragkit.documents import Document, Heading
 
@@ -50,6 +51,10 @@ _SETEXT_UNDERLINE = re.compile(r"[=-]+\s*")
 # A chunk may end early at a stronger boundary (paragraph over sentence over word) as long as
 # its new text still fills at least this share of the room it had.
 _MIN_FILL = 0.5
+
+# A piece longer than this many characters per allowed token is over the limit in any real
+# tokenizer, so it is split without being counted: counting it would only cost time.
+_SURELY_OVER = 16
 
 
 @dataclass(frozen=True)
@@ -114,11 +119,12 @@ def chunk_document(
 
 
 def _sections(doc: Document) -> list[_Section]:
-    """Cut the text at every PDF page and every heading; pages outside any page are dropped."""
+    """Cut the text at every PDF page and every heading; text outside every page is dropped."""
     text = doc.text
     heads = sorted(doc.headings, key=lambda h: h.start)
     starts = [h.start for h in heads]
     paths = _heading_paths(heads)
+    regions: list[tuple[int, int, int | None]]
     if doc.pages:
         regions = [(p.start, p.end, p.number) for p in sorted(doc.pages, key=lambda p: p.start)]
     else:
@@ -131,7 +137,7 @@ def _sections(doc: Document) -> list[_Section]:
         inner = starts[bisect_right(starts, region_start) : bisect_left(starts, region_end)]
         cuts = [region_start, *inner, region_end]
         merged_start: int | None = None
-        for a, b in zip(cuts, cuts[1:]):
+        for a, b in pairwise(cuts):
             if a >= b:
                 continue
             here = bisect_right(starts, a) - 1
@@ -178,26 +184,27 @@ def _units(
     Every round counts all new pieces of the whole document in one batch, and only pieces still
     too long go down a level, so ordinary prose is counted once, paragraph by paragraph.
     """
-    # (section, start, end, level, tokens); tokens -1 means not counted yet.
+    # (section, start, end, level, tokens); tokens -1 means not counted (yet).
     pieces: list[tuple[int, int, int, int, int]] = [
         (si, s, e, _PARAGRAPH, -1)
         for si, section in enumerate(sections)
         for s, e in _split(text, section.start, section.end, _PARAGRAPH_BREAK)
     ]
+    surely_over = _SURELY_OVER * max_tokens
     finer = [(_SENTENCE_BREAK, _SENTENCE), (_WORD_BREAK, _WORD)]
     depth = 0
     while True:
-        todo = [i for i, p in enumerate(pieces) if p[4] < 0]
+        todo = [i for i, p in enumerate(pieces) if p[4] < 0 and p[2] - p[1] <= surely_over]
         counts = _count(count_tokens, [text[pieces[i][1] : pieces[i][2]] for i in todo])
         for i, tokens in zip(todo, counts):
             si, s, e, level, _ = pieces[i]
             pieces[i] = (si, s, e, level, tokens)
-        if all(p[4] <= max_tokens for p in pieces):
+        if all(0 <= p[4] <= max_tokens for p in pieces):
             break
         split: list[tuple[int, int, int, int, int]] = []
         for piece in pieces:
             si, s, e, level, tokens = piece
-            if tokens <= max_tokens:
+            if 0 <= tokens <= max_tokens:
                 split.append(piece)
                 continue
             if depth < len(finer):
@@ -246,8 +253,16 @@ def _append_stripped(out: list[tuple[int, int]], text: str, start: int, end: int
 
 
 def _cut(start: int, end: int, tokens: int, max_tokens: int) -> list[tuple[int, int]]:
-    """Cut an unbreakable run (a base64 blob, a long URL) into pieces likely to fit."""
-    size = max(1, (end - start) * max_tokens // tokens)
+    """Cut an unbreakable run (a base64 blob, a long URL) into pieces of about a quarter chunk.
+
+    tokens is the run's count, or -1 when it was too long to be worth counting. Small pieces
+    almost never overshoot (which would cost another counting round), and packing glues them
+    back together into full chunks.
+    """
+    if tokens < 0:
+        size = max(1, max_tokens // 4)  # fits unless characters average over one token each
+    else:
+        size = max(1, (end - start) * max_tokens // (4 * tokens))
     return [(s, min(s + size, end)) for s in range(start, end, size)]
 
 
@@ -279,8 +294,12 @@ def _verified_spans(
         ((si, ci), si, a, b)
         for si, section_units in enumerate(units)
         for ci, (a, b) in enumerate(
-            _pack([u.tokens for u in section_units], [u.level for u in section_units],
-                  max_tokens, overlap)
+            _pack(
+                [u.tokens for u in section_units],
+                [u.level for u in section_units],
+                max_tokens,
+                overlap,
+            )
         )
     ]
     done: list[tuple[tuple[int, ...], int, int, int, int]] = []
@@ -307,8 +326,12 @@ def _verified_spans(
             estimate = sum(u.tokens for u in section_units)
             # Aim below the estimate by the factor the estimate was off by.
             budget = max(1, min(estimate - 1, estimate * max_tokens // tokens))
-            parts = _pack([u.tokens for u in section_units], [u.level for u in section_units],
-                          budget, overlap * budget // max_tokens)
+            parts = _pack(
+                [u.tokens for u in section_units],
+                [u.level for u in section_units],
+                budget,
+                overlap * budget // max_tokens,
+            )
             if len(parts) == 1:
                 # Zero-token units can still fit one chunk; halve so every round makes progress.
                 parts = [(0, (b - a) // 2), ((b - a) // 2, b - a)]

@@ -2,7 +2,14 @@
 
 Results go to stdout, progress and messages to stderr. A RagkitError is one line on stderr and
 exit code 1; ``ask`` exits 2 when it abstains; ``index`` exits 3 when some file that should have
-been indexed failed (the rest of the run is kept); ``doctor`` exits 4 when problems remain.
+been indexed failed (the rest of the run is kept); ``doctor`` exits 5 when problems remain.
+
+An answer is never passed off as complete when it is not. When the model stops at its token
+limit (finish_reason "length") the partial answer is printed, a note goes to stderr, ``--json``
+has ``"complete": false`` and ``ask`` exits 4, so scripts can tell without parsing. When a
+streamed answer is cut (connection lost, stream ended early), the text already shown is followed
+by ``[answer cut off: ...]`` on stderr and exit code 1. ``chat`` keeps going after a failed turn
+and exits 1 at the end if any turn failed.
 """
 
 from __future__ import annotations
@@ -10,16 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ragkit.errors import RagkitError
+from ragkit.errors import ChatError, RagkitError
 
 if TYPE_CHECKING:
     from ragkit.answerer import Answer
+    from ragkit.conversation import Turn
     from ragkit.pipeline import IndexReport
     from ragkit.retriever import Hit
     from ragkit.store import HealthReport
@@ -36,28 +45,91 @@ app = typer.Typer(
 EXIT_ERROR = 1
 EXIT_ABSTAINED = 2
 EXIT_FILES_FAILED = 3
-EXIT_UNHEALTHY = 4
+EXIT_INCOMPLETE = 4
+EXIT_UNHEALTHY = 5
 
 # Options shared by every command; each has a RAGKIT_* variable of the same name.
 IndexName = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--index", "-i", envvar="RAGKIT_INDEX", help="Index name [default: default]."),
 ]
 IndexDir = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(envvar="RAGKIT_INDEX_DIR", help="Folder holding indexes [default: ./indexes]."),
 ]
 TopK = Annotated[
-    Optional[int], typer.Option("-k", "--k", envvar="RAGKIT_K", help="Passages to retrieve [default: 5].")
+    int | None,
+    typer.Option("-k", "--k", envvar="RAGKIT_K", help="Passages to retrieve [default: 5]."),
 ]
 MinScore = Annotated[
-    Optional[float], typer.Option(envvar="RAGKIT_MIN_SCORE", help="Drop passages scoring below this.")
+    float | None, typer.Option(envvar="RAGKIT_MIN_SCORE", help="Drop passages scoring below this.")
 ]
 PathGlob = Annotated[
-    Optional[str],
-    typer.Option("--path", envvar="RAGKIT_PATH", help="Only documents whose path matches this glob."),
+    str | None,
+    typer.Option(
+        "--path", envvar="RAGKIT_PATH", help="Only documents whose path matches this glob."
+    ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+# Answering options, shared by ask and chat.
+Llm = Annotated[
+    bool | None,
+    typer.Option(
+        "--llm/--extractive", envvar="RAGKIT_LLM", help="Force LLM or extractive answers."
+    ),
+]
+ChatModelName = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "--chat-model",
+        envvar="RAGKIT_CHAT_MODEL",
+        help="Chat model [default: gpt-4o-mini].",
+    ),
+]
+Temperature = Annotated[
+    float | None,
+    typer.Option(
+        envvar="RAGKIT_TEMPERATURE",
+        help="Sampling temperature, 0-2 [default: 0]; not sent to reasoning models (o1, o3, gpt-5).",
+    ),
+]
+TopP = Annotated[
+    float | None,
+    typer.Option(
+        "--top-p",
+        envvar="RAGKIT_TOP_P",
+        help="Nucleus sampling, 0-1; not sent to reasoning models.",
+    ),
+]
+MaxTokens = Annotated[
+    int | None,
+    typer.Option(
+        envvar="RAGKIT_MAX_TOKENS",
+        help="Most tokens in the answer (sent as max_completion_tokens to reasoning models).",
+    ),
+]
+Seed = Annotated[
+    int | None, typer.Option(envvar="RAGKIT_SEED", help="Seed for repeatable sampling.")
+]
+Stop = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--stop",
+        metavar="<str>",
+        help="Stop sequence (repeatable, up to 4; RAGKIT_STOP takes a JSON list).",
+    ),
+]
+ReasoningEffort = Annotated[
+    str | None,
+    typer.Option(
+        envvar="RAGKIT_REASONING_EFFORT",
+        help="Reasoning models only: minimal, low, medium or high.",
+    ),
+]
+Stream = Annotated[
+    bool, typer.Option("--stream/--no-stream", help="Print the LLM answer as it is generated.")
+]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what ragkit is doing.")]
 
 
@@ -104,22 +176,25 @@ def index(
     index: IndexName = None,
     index_dir: IndexDir = None,
     embedder: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             envvar="RAGKIT_EMBEDDER",
             help="local (offline default) or openai[:MODEL]; an existing index keeps its own.",
         ),
     ] = None,
     chunk_tokens: Annotated[
-        Optional[int], typer.Option(envvar="RAGKIT_CHUNK_TOKENS", help="Most tokens per chunk.")
+        int | None, typer.Option(envvar="RAGKIT_CHUNK_TOKENS", help="Most tokens per chunk.")
     ] = None,
     chunk_overlap: Annotated[
-        Optional[int], typer.Option(envvar="RAGKIT_CHUNK_OVERLAP", help="Tokens shared by neighbours.")
+        int | None, typer.Option(envvar="RAGKIT_CHUNK_OVERLAP", help="Tokens shared by neighbours.")
     ] = None,
     max_file_mb: Annotated[
-        Optional[float], typer.Option(envvar="RAGKIT_MAX_FILE_MB", help="Skip larger files [default: 50].")
+        float | None,
+        typer.Option(envvar="RAGKIT_MAX_FILE_MB", help="Skip larger files [default: 50]."),
     ] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait for another writer instead of failing.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for another writer instead of failing.")
+    ] = False,
     as_json: AsJson = False,
     verbose: Verbose = False,
 ) -> None:
@@ -162,11 +237,13 @@ def _print_report(report: IndexReport) -> None:
     for path, warning in report.warnings:
         _err(f"warning: {path}: {warning}")
     _err(
-        f"{report.index} [{report.embedder}]: {len(report.added)} added, {len(report.changed)} changed,"
+        f"{report.index} [{report.embedder}]: {len(report.added)} added,"
+        f" {len(report.changed)} changed,"
         f" {len(report.removed)} removed, {len(report.moved)} moved, {report.unchanged} unchanged;"
         f" {len(report.skipped)} skipped, {len(report.failed)} failed;"
         f" {report.chunks_embedded} chunks embedded, {report.chunks_reused} reused;"
-        f" {report.documents} documents, {report.chunks} chunks in the index; {report.seconds:.1f} s"
+        f" {report.documents} documents, {report.chunks} chunks in the index;"
+        f" {report.seconds:.1f} s"
     )
 
 
@@ -208,14 +285,19 @@ def search(
         query, k=k, min_score=min_score, path=path, index=index, index_dir=index_dir
     )
     if as_json:
-        typer.echo(json.dumps({"query": query, "hits": [_hit_json(h) for h in hits]}, indent=2, ensure_ascii=False))
+        typer.echo(
+            json.dumps(
+                {"query": query, "hits": [_hit_json(h) for h in hits]}, indent=2, ensure_ascii=False
+            )
+        )
         return
     if not hits:
         _err("no passages found")
     for hit in hits:
         heading = f" § {hit.heading}" if hit.heading else ""
         typer.echo(
-            f"{hit.rank}. [{hit.score:.3f}] {hit.path} ({_location(hit.page, hit.start_line, hit.end_line)}){heading}"
+            f"{hit.rank}. [{hit.score:.3f}] {hit.path}"
+            f" ({_location(hit.page, hit.start_line, hit.end_line)}){heading}"
         )
         typer.echo("   " + " ".join(hit.text.split())[:400])
         typer.echo("")
@@ -229,6 +311,7 @@ def _answer_json(answer: Answer) -> dict[str, Any]:
         "model": answer.model,
         "abstained": answer.abstained,
         "finish_reason": answer.finish_reason,
+        "complete": answer.complete,
         "usage": answer.usage,
         "citations": [
             {
@@ -244,6 +327,34 @@ def _answer_json(answer: Answer) -> dict[str, Any]:
     }
 
 
+def _answer_settings(**values: Any) -> dict[str, Any]:
+    """The answering flags as Settings overrides (None = not given)."""
+    stop = values.pop("stop", None)
+    return {**values, "stop": tuple(stop) if stop else None}
+
+
+class _Printer:
+    """Writes streamed answer text to stdout as it arrives and remembers it."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        self.parts.append(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def cut_off(self, exc: ChatError) -> None:
+        """Mark the text already shown as unfinished."""
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        _err(f"[answer cut off: {exc}]")
+
+
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question to answer from the index.")],
@@ -252,14 +363,15 @@ def ask(
     path: PathGlob = None,
     index: IndexName = None,
     index_dir: IndexDir = None,
-    llm: Annotated[
-        Optional[bool],
-        typer.Option("--llm/--extractive", envvar="RAGKIT_LLM", help="Force LLM or extractive answers."),
-    ] = None,
-    chat_model: Annotated[
-        Optional[str], typer.Option("--chat-model", envvar="RAGKIT_CHAT_MODEL", help="Chat model [default: gpt-4o-mini].")
-    ] = None,
-    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print the LLM answer as it is generated.")] = True,
+    llm: Llm = None,
+    chat_model: ChatModelName = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    max_tokens: MaxTokens = None,
+    seed: Seed = None,
+    stop: Stop = None,
+    reasoning_effort: ReasoningEffort = None,
+    stream: Stream = True,
     as_json: AsJson = False,
     verbose: Verbose = False,
 ) -> None:
@@ -267,30 +379,42 @@ def ask(
     from ragkit import pipeline
 
     _setup_logging(verbose)
-    streamed: list[str] = []
-
-    def show(text: str) -> None:
-        streamed.append(text)
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    answer = pipeline.ask(
-        question,
-        on_text=show if stream and not as_json else None,
-        k=k,
-        min_score=min_score,
-        path=path,
-        index=index,
-        index_dir=index_dir,
-        llm=llm,
-        chat_model=chat_model,
-    )
+    printer = _Printer()
+    try:
+        answer = pipeline.ask(
+            question,
+            on_text=printer if stream and not as_json else None,
+            **_answer_settings(
+                k=k,
+                min_score=min_score,
+                path=path,
+                index=index,
+                index_dir=index_dir,
+                llm=llm,
+                chat_model=chat_model,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=seed,
+                stop=stop,
+                reasoning_effort=reasoning_effort,
+            ),
+        )
+    except ChatError as exc:
+        if not printer.parts:
+            raise
+        printer.cut_off(exc)
+        raise typer.Exit(EXIT_ERROR) from None
     if as_json:
         typer.echo(json.dumps(_answer_json(answer), indent=2, ensure_ascii=False))
     else:
-        _print_answer(answer, streamed="".join(streamed))
+        _print_answer(answer, streamed=printer.text)
+    if verbose:
+        _print_usage(answer)
     if answer.abstained:
         raise typer.Exit(EXIT_ABSTAINED)
+    if not answer.complete:
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 def _print_answer(answer: Answer, *, streamed: str) -> None:
@@ -302,15 +426,141 @@ def _print_answer(answer: Answer, *, streamed: str) -> None:
             typer.echo(answer.text)
     else:
         if answer.mode == "extractive" and not answer.abstained:
-            typer.echo("Extractive answer (sentences quoted from your documents; no LLM configured):")
+            typer.echo(
+                "Extractive answer (sentences quoted from your documents; no LLM configured):"
+            )
         typer.echo(answer.text)
     if not answer.complete:
-        _err(f"note: the answer was cut short (finish_reason={answer.finish_reason}); raise --max-tokens")
+        _err(
+            f"note: the answer is incomplete: the model stopped at its token limit"
+            f" (finish_reason={answer.finish_reason}); raise --max-tokens"
+        )
     if answer.citations:
         typer.echo("")
         typer.echo("Sources:")
         for c in answer.citations:
             typer.echo(f"[{c.n}] {c.location}")
+            typer.echo(f"    \u201c{c.quote}\u201d")
+
+
+def _print_usage(answer: Answer) -> None:
+    u = answer.usage
+    if not u:
+        return
+    reasoning = f" ({u['reasoning_tokens']} reasoning)" if u.get("reasoning_tokens") else ""
+    _err(
+        f"usage: {u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} completion"
+        f"{reasoning} = {u.get('total_tokens', 0)} tokens ({answer.model})"
+    )
+
+
+@app.command()
+def chat(
+    k: TopK = None,
+    min_score: MinScore = None,
+    path: PathGlob = None,
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    llm: Llm = None,
+    chat_model: ChatModelName = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    max_tokens: MaxTokens = None,
+    seed: Seed = None,
+    stop: Stop = None,
+    reasoning_effort: ReasoningEffort = None,
+    history_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--chat-history-tokens",
+            envvar="RAGKIT_CHAT_HISTORY_TOKENS",
+            help="Tokens of earlier turns sent with each question [default: 2000].",
+        ),
+    ] = None,
+    stream: Stream = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per turn.")
+    ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Ask questions in turn (one per line on stdin; `exit` or end of input stops).
+
+    Every turn retrieves afresh and numbers its own sources; earlier turns are kept within a
+    token budget, oldest dropped first.
+    """
+    from ragkit import pipeline
+    from ragkit.config import Settings
+    from ragkit.conversation import Turn, fit_history
+
+    _setup_logging(verbose)
+    settings = Settings.load(
+        **_answer_settings(
+            k=k,
+            min_score=min_score,
+            path=path,
+            index=index,
+            index_dir=index_dir,
+            llm=llm,
+            chat_model=chat_model,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            stop=stop,
+            reasoning_effort=reasoning_effort,
+            chat_history_tokens=history_tokens,
+        )
+    )
+    pipeline.status(settings)  # no index: say so now, not after the first question
+    interactive = sys.stdin.isatty()
+    history: list[Turn] = []
+    failed = False
+    for question in _questions(interactive):
+        if not interactive and not as_json:
+            typer.echo(f"> {question}")  # a transcript shows what each answer answers
+        printer = _Printer()
+        try:
+            answer = pipeline.ask(
+                question,
+                settings,
+                on_text=printer if stream and not as_json else None,
+                history=history,
+            )
+        except ChatError as exc:
+            failed = True
+            if printer.parts:
+                printer.cut_off(exc)
+            else:
+                _err(f"ragkit: error: {exc}")
+            continue
+        if as_json:
+            typer.echo(json.dumps(_answer_json(answer), ensure_ascii=False))
+        else:
+            _print_answer(answer, streamed=printer.text)
+            typer.echo("")
+        if verbose:
+            _print_usage(answer)
+        history = list(
+            fit_history([*history, Turn(question, answer.text)], settings.chat_history_tokens)
+        )
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _questions(interactive: bool) -> Iterator[str]:
+    """Non-empty lines from stdin until end of input or `exit` / `quit`."""
+    while True:
+        try:
+            line = input("ragkit> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            return
+        if not interactive and not line:
+            return
+        question = line.strip()
+        if question.lower() in ("exit", "quit"):
+            return
+        if question:
+            yield question
 
 
 @app.command()
@@ -330,12 +580,21 @@ def status(
         ("index", f"{info.index} ({info.path})"),
         ("source", info.source or "-"),
         ("embedder", f"{info.embedder} ({info.dimension} dims)"),
-        ("documents", f"{info.documents}" + (f" ({info.pending_documents} pending)" if info.pending_documents else "")),
+        (
+            "documents",
+            f"{info.documents}"
+            + (f" ({info.pending_documents} pending)" if info.pending_documents else ""),
+        ),
         ("chunks", f"{info.chunks} ({info.vectors} with vectors)"),
         ("size", f"{info.size_bytes / 1e6:.1f} MB"),
         ("tokens embedded", str(info.tokens_embedded)),
         ("updated", info.updated),
-        ("vectors", "FAISS agrees with SQLite" if info.faiss_agrees else "FAISS out of date (rebuilt on next use)"),
+        (
+            "vectors",
+            "FAISS agrees with SQLite"
+            if info.faiss_agrees
+            else "FAISS out of date (rebuilt on next use)",
+        ),
     ]
     for key, value in rows:
         typer.echo(f"{key:>16}: {value}")
@@ -348,11 +607,13 @@ def doctor(
     repair: Annotated[
         bool, typer.Option("--repair", help="Fix what can be fixed without the source files.")
     ] = False,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait for a writer instead of failing.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for a writer instead of failing.")
+    ] = False,
     as_json: AsJson = False,
     verbose: Verbose = False,
 ) -> None:
-    """Check that an index's parts agree (FAISS, SQLite, keyword index, manifest); --repair fixes them."""
+    """Check that an index's FAISS file, SQLite rows, keyword index and manifest agree."""
     from ragkit import pipeline
 
     _setup_logging(verbose)

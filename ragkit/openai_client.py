@@ -48,11 +48,11 @@ def explain(exc: Exception, *, what: str) -> RagkitError:
             " add credit or use another key, then re-run: work already done is kept"
         )
     if isinstance(exc, openai.AuthenticationError):
-        return ConfigError(
-            f"{what} failed: the API key was rejected (401); check OPENAI_API_KEY"
-        )
+        return ConfigError(f"{what} failed: the API key was rejected (401); check OPENAI_API_KEY")
     if isinstance(exc, openai.PermissionDeniedError):
-        return ConfigError(f"{what} failed: access denied (403); check the key's project and model access")
+        return ConfigError(
+            f"{what} failed: access denied (403); check the key's project and model access"
+        )
     if isinstance(exc, openai.NotFoundError):
         return ConfigError(
             f"{what} failed: model or endpoint not found (404): {_message(exc)};"
@@ -64,7 +64,8 @@ def explain(exc: Exception, *, what: str) -> RagkitError:
         return error_cls(f"{what} timed out: the server did not answer in time; re-run to resume")
     if isinstance(exc, openai.APIConnectionError):
         return error_cls(
-            f"{what} failed: cannot reach the server ({type(exc.__cause__).__name__ if exc.__cause__ else 'connection error'});"
+            f"{what} failed: cannot reach the server"
+            f" ({type(exc.__cause__).__name__ if exc.__cause__ else 'connection error'});"
             " check OPENAI_BASE_URL and your network, then re-run to resume"
         )
     if isinstance(exc, openai.APIStatusError):

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ragkit.answerer import DEFAULT_ABSTAIN_BELOW, Answer, extractive_answer, llm_answer
+from ragkit.chat import ChatModel, OpenAIChatModel
 from ragkit.chunking import chunk_document
 from ragkit.config import Settings
+from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
 from ragkit.documents import Skipped, discover, load_document, relative_path
 from ragkit.embedders import Embedder, embed_batches, make_embedder, parse_spec
 from ragkit.errors import ConfigError, IndexMismatchError, LoadError, RagkitError
@@ -187,9 +189,14 @@ def index(
             row = known.get(rel)
             try:
                 stat = file.stat()
-                if row and row.status == "indexed" and (row.size, row.mtime) == (
-                    stat.st_size,
-                    stat.st_mtime,
+                if (
+                    row
+                    and row.status == "indexed"
+                    and (row.size, row.mtime)
+                    == (
+                        stat.st_size,
+                        stat.st_mtime,
+                    )
                 ):
                     unchanged += 1  # fast path: size and mtime unchanged
                     continue
@@ -295,32 +302,69 @@ def ask(
     settings: Settings | None = None,
     *,
     on_text: Callable[[str], None] | None = None,
+    history: Sequence[Turn] = (),
     **overrides: Any,
 ) -> Answer:
     """Answer ``question`` from the index, with numbered citations.
 
     Uses the chat model when OpenAI (or a compatible server) is configured, otherwise quotes the
-    most relevant sentences. ``on_text`` receives the LLM answer as it streams.
+    most relevant sentences. ``on_text`` receives the LLM answer as it streams. ``history`` holds
+    a conversation's earlier turns: the newest that fit ``chat_history_tokens`` go to the model,
+    and the previous question helps retrieval for follow-ups.
     """
     settings = _settings(settings, overrides)
     question = check_query(question)
+    history = fit_history(history, settings.chat_history_tokens)
+    use_llm = settings.openai_configured if settings.llm is None else settings.llm
+    queries = [question]
+    followup = followup_query(question, history)
+    # Only a model can tell a follow-up from a change of topic (an earlier question's words
+    # would make any new question look answerable), so extractive answers search the question
+    # alone.
+    if followup and use_llm:
+        queries.append(followup)
     store, embedder = open_index(settings)
     with store:
-        hits = dense_search(
-            store, embedder, question, k=settings.k, min_score=settings.min_score, path_glob=settings.path
-        )
+        found = [
+            dense_search(
+                store,
+                embedder,
+                q,
+                k=settings.k,
+                min_score=settings.min_score,
+                path_glob=settings.path,
+            )
+            for q in queries
+        ]
+    hits = merge_hits(found, settings.k)
     threshold = settings.abstain_below
     if threshold is None:
         threshold = DEFAULT_ABSTAIN_BELOW.get(embedder.name, 0.3)
-    use_llm = settings.openai_configured if settings.llm is None else settings.llm
     if not use_llm:
         return extractive_answer(question, hits, embedder, abstain_below=threshold)
-    from ragkit.chat import OpenAIChatModel
-
-    chat = OpenAIChatModel(
-        settings.chat_model, api_key=settings.openai_api_key, base_url=settings.openai_base_url
+    return llm_answer(
+        question,
+        hits,
+        chat_model(settings),
+        abstain_below=threshold,
+        stream=on_text,
+        history=history,
     )
-    return llm_answer(question, hits, chat, abstain_below=threshold, stream=on_text)
+
+
+def chat_model(settings: Settings) -> ChatModel:
+    """The chat model ``settings`` describe, its request shaped for the model's family."""
+    return OpenAIChatModel(
+        settings.chat_model,
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_tokens=settings.max_tokens,
+        seed=settings.seed,
+        stop=settings.stop,
+        reasoning_effort=settings.reasoning_effort,
+    )
 
 
 def status(settings: Settings | None = None, **overrides: Any) -> IndexStatus:

@@ -1,4 +1,4 @@
-"""The index on disk: SQLite rows (the truth, vectors included) and the FAISS file derived from them.
+"""The index on disk: SQLite rows (the truth, vectors included) and the FAISS file derived from it.
 
 Layout of ``indexes/<name>/``:
 
@@ -45,7 +45,6 @@ from numpy.typing import NDArray
 from ragkit.errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, RagkitError
 
 if TYPE_CHECKING:
-    import faiss
     import sqlite_utils
 
     from ragkit.chunking import Chunk
@@ -355,7 +354,9 @@ class Store:
         # Bookkeeping a damaged manifest may lack has safe defaults; `ragkit doctor` reports it.
         def book(key: str) -> str:
             value = str(rows.get(key, _BOOKKEEPING[key]))
-            return value if value.isdigit() or not _BOOKKEEPING[key].isdigit() else _BOOKKEEPING[key]
+            return (
+                value if value.isdigit() or not _BOOKKEEPING[key].isdigit() else _BOOKKEEPING[key]
+            )
 
         return Manifest(
             embedder=embedder,
@@ -521,7 +522,7 @@ class Store:
                         h,
                         cached.get(h),
                     )
-                    for c, h in zip(chunks, hashes)
+                    for c, h in zip(chunks, hashes, strict=True)
                 ),
             )
         return missing, len(chunks) - missing
@@ -545,7 +546,8 @@ class Store:
         """Re-point a document at its new path (a rename: same bytes, no re-embedding)."""
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE documents SET path = ?, mtime = ? WHERE path = ?", (new_path, mtime, old_path)
+                "UPDATE documents SET path = ?, mtime = ? WHERE path = ?",
+                (new_path, mtime, old_path),
             )
 
     def touch_document(self, path: str, *, mtime: float) -> None:
@@ -576,12 +578,16 @@ class Store:
             )
         ]
 
-    def set_vectors(self, ids: Sequence[int], vectors: NDArray[np.float32], tokens: int = 0) -> None:
+    def set_vectors(
+        self, ids: Sequence[int], vectors: NDArray[np.float32], tokens: int = 0
+    ) -> None:
         """Store one embedded batch and commit it, so a crash later loses none of it."""
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
         if vectors.ndim != 2 or vectors.shape[1] != self.manifest.dimension:
-            raise ValueError(f"vectors of shape {vectors.shape}, index wants {self.manifest.dimension}")
+            raise ValueError(
+                f"vectors of shape {vectors.shape}, index wants {self.manifest.dimension}"
+            )
         data = np.ascontiguousarray(vectors, dtype="<f4")
         with self.transaction() as conn:
             conn.executemany(
@@ -634,7 +640,9 @@ class Store:
         return {
             "documents": c.execute("SELECT count(*) FROM documents").fetchone()[0],
             "chunks": c.execute("SELECT count(*) FROM chunks").fetchone()[0],
-            "vectors": c.execute("SELECT count(*) FROM chunks WHERE vector IS NOT NULL").fetchone()[0],
+            "vectors": c.execute("SELECT count(*) FROM chunks WHERE vector IS NOT NULL").fetchone()[
+                0
+            ],
             "pending_documents": c.execute(
                 "SELECT count(*) FROM documents WHERE status = 'pending'"
             ).fetchone()[0],
@@ -743,7 +751,10 @@ class Store:
         if not isinstance(index, faiss.IndexIDMap2):
             return None, f"{FAISS_NAME} is a {type(index).__name__}, not an IndexIDMap2"
         if index.d != self.manifest.dimension:
-            return None, f"{FAISS_NAME} holds {index.d}-dim vectors, the index {self.manifest.dimension}"
+            return (
+                None,
+                f"{FAISS_NAME} holds {index.d}-dim vectors, the index {self.manifest.dimension}",
+            )
         return index, ""
 
     def faiss_index(self) -> Any:
@@ -803,7 +814,7 @@ class Store:
     # -- health ------------------------------------------------------------------------------
 
     def check(self) -> HealthReport:
-        """Verify SQLite, the manifest, the keyword index and FAISS against each other; change nothing."""
+        """Verify SQLite, the manifest, the keyword index and FAISS against each other."""
         conn = self.db.conn
         problems: list[Problem] = []
 
@@ -836,7 +847,11 @@ class Store:
                     "rebuild it from SQLite",
                 )
             elif differ := self._faiss_vectors_differ(index):
-                found("faiss", f"{differ} vectors in {FAISS_NAME} differ from SQLite's", "rebuild it from SQLite")
+                found(
+                    "faiss",
+                    f"{differ} vectors in {FAISS_NAME} differ from SQLite's",
+                    "rebuild it from SQLite",
+                )
             if index.ntotal != self.manifest.faiss_count:
                 found(
                     "faiss-count",
@@ -845,7 +860,11 @@ class Store:
                     "rebuild the FAISS file and record its count",
                 )
         if temps := list(self.path.glob(_TMP_GLOB)):
-            found("temp-files", f"{len(temps)} temporary FAISS files left by an interrupted write", "delete them")
+            found(
+                "temp-files",
+                f"{len(temps)} temporary FAISS files left by an interrupted write",
+                "delete them",
+            )
 
         def count(sql: str, *args: Any) -> int:
             return int(conn.execute(sql, args).fetchone()[0])
@@ -861,14 +880,20 @@ class Store:
         try:
             conn.execute("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
         except sqlite3.DatabaseError as exc:
-            found("fts", f"the keyword index does not match the chunks ({exc})", "rebuild the keyword index")
+            found(
+                "fts",
+                f"the keyword index does not match the chunks ({exc})",
+                "rebuild the keyword index",
+            )
         if n := count(f"SELECT count(*) FROM documents WHERE {_CHUNKS_MISSING}"):
             found(
                 "chunks",
                 f"{n} documents do not have the chunks they should",
                 "mark them so the next `ragkit index` reads them again",
             )
-        if n := count(f"SELECT count(*) FROM documents WHERE status = 'indexed' AND {_LACKS_VECTORS}"):
+        if n := count(
+            f"SELECT count(*) FROM documents WHERE status = 'indexed' AND {_LACKS_VECTORS}"
+        ):
             found(
                 "status",
                 f"{n} documents marked indexed lack vectors",
@@ -941,7 +966,8 @@ class Store:
             if "vectors" in before:
                 size = 4 * self.manifest.dimension
                 n = conn.execute(
-                    "UPDATE chunks SET vector = NULL WHERE vector IS NOT NULL AND length(vector) != ?",
+                    "UPDATE chunks SET vector = NULL"
+                    " WHERE vector IS NOT NULL AND length(vector) != ?",
                     (size,),
                 ).rowcount
                 done.append(f"cleared {n} vectors of the wrong size")
@@ -956,7 +982,8 @@ class Store:
                 done.append(f"marked {n} documents to be read again")
             if before & {"vectors", "status"}:
                 n = conn.execute(
-                    f"UPDATE documents SET status = 'pending' WHERE status = 'indexed' AND {_LACKS_VECTORS}"
+                    "UPDATE documents SET status = 'pending'"
+                    f" WHERE status = 'indexed' AND {_LACKS_VECTORS}"
                 ).rowcount
                 done.append(f"marked {n} documents pending")
             if "fts" in before:

@@ -1,7 +1,8 @@
 """The ``ragkit`` command with the test fakes registered, for tests that need a real process.
 
-Run as ``python tests/ragkit_with_fakes.py index ... --embedder bow``. Environment knobs, all
-optional, let a test slow the run down, pause it, and see where it is:
+Run as ``python -m tests.ragkit_with_fakes ARGS`` or ``python tests/ragkit_with_fakes.py ARGS``;
+``--embedder bow`` (tests/fakes.py) then works in the child process. Environment knobs, all
+optional and inert when unset, let a test slow a run down, pause it, and see where it is:
 
 - ``RAGKIT_TEST_PHASES``: file that gets a line "load", "embed", "write" or "renamed" each time
   the run enters that step (loading a file, embedding a batch, writing the FAISS temporary file,

@@ -40,7 +40,13 @@ def scanned_pdf() -> bytes:
 
 def partly_broken_pdf() -> bytes:
     broken = b"BT /F1 11 Tf 1 0 0 1 72 700 Tm (an unterminated string Tj ET"
-    return assemble_pdf([content_stream(["Canoes need two paddles"]), broken, content_stream(["Rafts float on barrels"])])
+    return assemble_pdf(
+        [
+            content_stream(["Canoes need two paddles"]),
+            broken,
+            content_stream(["Rafts float on barrels"]),
+        ]
+    )
 
 
 def make_unreadable(path: Path) -> str:
@@ -92,7 +98,13 @@ def test_every_bad_input_is_reported_with_its_reason_and_none_stops_the_run(tmp_
     assert code == EXIT_FILES_FAILED and report["ok"] is False
     failed = {f["path"]: f["reason"] for f in report["failed"]}
     skipped = {s["path"]: s["reason"] for s in report["skipped"]}
-    assert failed.keys() == {"corrupt.pdf", "locked.pdf", "scan.pdf", "unreadable.txt", "dangling.md"}
+    assert failed.keys() == {
+        "corrupt.pdf",
+        "locked.pdf",
+        "scan.pdf",
+        "unreadable.txt",
+        "dangling.md",
+    }
     assert failed["corrupt.pdf"].startswith("corrupt PDF: ")
     assert failed["locked.pdf"] == "encrypted PDF — decrypt it first"
     assert failed["scan.pdf"] == "no text — scanned? (OCR it first)"
@@ -118,7 +130,9 @@ def test_every_bad_input_is_reported_with_its_reason_and_none_stops_the_run(tmp_
 
     # The text summary names every file and its reason too (a fresh index: warnings are reported
     # when a file is read, and an unchanged file is not read again).
-    result = runner.invoke(app, ["index", str(docs), "--max-file-mb", "0.002", "--index", "text", "--embedder", "bow"])
+    result = runner.invoke(
+        app, ["index", str(docs), "--max-file-mb", "0.002", "--index", "text", "--embedder", "bow"]
+    )
     assert result.exit_code == EXIT_FILES_FAILED
     assert "failed: scan.pdf: no text — scanned? (OCR it first)" in result.stderr
     assert "skipped: big.txt: larger than 2097 bytes (--max-file-mb)" in result.stderr
@@ -129,13 +143,20 @@ def test_every_bad_input_is_reported_with_its_reason_and_none_stops_the_run(tmp_
     for name in ("corrupt.pdf", "locked.pdf", "scan.pdf", "unreadable.txt", "dangling.md"):
         (docs / name).unlink()
     code, report = index_json(docs, "--max-file-mb", "0.002")
-    assert code == 0 and report["ok"] is True and report["failed"] == [] and len(report["skipped"]) == 4
+    assert (
+        code == 0
+        and report["ok"] is True
+        and report["failed"] == []
+        and len(report["skipped"]) == 4
+    )
 
 
 def test_a_file_that_breaks_keeps_its_indexed_version(tmp_path, env):
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "boats.pdf").write_bytes(build_pdf([["Schooners carry two masts and fore-and-aft sails"]]))
+    (docs / "boats.pdf").write_bytes(
+        build_pdf([["Schooners carry two masts and fore-and-aft sails"]])
+    )
     (docs / "tides.txt").write_text("Spring tides follow the new and the full moon.\n")
     (docs / "gulls.md").write_text("Gulls steal chips on the promenade.\n")
     code, first = index_json(docs)

@@ -7,6 +7,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -100,7 +101,9 @@ def check(
         for h in d.headings:
             if c.start_char < h.start < c.end_char:
                 seg = text[c.start_char : h.start]
-                line_starts = [c.start_char] + [c.start_char + m.end() for m in re.finditer("\n", seg)]
+                line_starts = [c.start_char] + [
+                    c.start_char + m.end() for m in re.finditer("\n", seg)
+                ]
                 for s in line_starts:
                     line = text[s : text.find("\n", s)]
                     assert s == h.start or s in head_starts or not line.strip(), line
@@ -133,14 +136,16 @@ def test_short_document_is_one_stripped_chunk() -> None:
     d = doc("\n\n  Hello there, world.  \n\n")
     [c] = chunk_document(d, words, max_tokens=10)
     assert (c.text, c.start_char, c.end_char, c.start_line, c.end_line) == (
-        "Hello there, world.", 4, 23, 3, 3
+        "Hello there, world.",
+        4,
+        23,
+        3,
+        3,
     )
     assert c.tokens == 5 and c.heading == "" and c.page is None
 
 
-@pytest.mark.parametrize(
-    ("max_tokens", "overlap"), [(0, 0), (10, 5), (10, 7), (10, -1), (1, 1)]
-)
+@pytest.mark.parametrize(("max_tokens", "overlap"), [(0, 0), (10, 5), (10, 7), (10, -1), (1, 1)])
 def test_bad_limits_raise(max_tokens: int, overlap: int) -> None:
     with pytest.raises(ValueError):
         chunk_document(doc("some text"), words, max_tokens=max_tokens, overlap=overlap)
@@ -165,9 +170,7 @@ def test_paragraphs_are_kept_whole_when_they_fit() -> None:
     chunks = chunk_document(d, words, max_tokens=70)
     check(d, chunks, words, 70)
     # Two paragraphs (62 tokens) fit per chunk; three would not.
-    assert [c.text for c in chunks] == [
-        "\n\n".join(paragraphs[i : i + 2]) for i in range(0, 6, 2)
-    ]
+    assert [c.text for c in chunks] == ["\n\n".join(paragraphs[i : i + 2]) for i in range(0, 6, 2)]
 
 
 def test_chunk_ends_at_paragraph_rather_than_mid_next_paragraph() -> None:
@@ -204,7 +207,9 @@ def test_unbreakable_word_is_cut_at_characters() -> None:
     d = doc(f"Attachment follows:\n\n{blob}\n\nEnd of attachment.")
     at = d.text.index(blob)
     for count, limit in ((thirds, 50), (lambda ts: [len(t) for t in ts], 64)):
-        chunks = chunk_document(d, count, max_tokens=limit)
+        recorder = Recorder(count)
+        chunks = chunk_document(d, recorder, max_tokens=limit)
+        assert len(recorder.calls) <= 3  # paragraphs, blob pieces, final check
         check(d, chunks, count, limit)
         # The blob's pieces tile it (the first and last may share a chunk with the prose).
         pieces = [
@@ -272,7 +277,7 @@ def test_pdf_pages_are_never_crossed_and_lines_count_from_page_start() -> None:
     assert first_on_page_2.start_line == 1 and first_on_page_2.text.startswith("Top of page two.")
     assert chunks[-1].text == "Last page." and chunks[-1].start_line == 1
     # A page's last chunk does not overlap into the next page's first.
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in pairwise(chunks):
         if a.page != b.page:
             assert b.start_char >= a.end_char
 
@@ -385,7 +390,7 @@ def test_consecutive_chunks_share_about_overlap_tokens() -> None:
     d = doc(text)
     chunks = chunk_document(d, words, max_tokens=50, overlap=12)
     check(d, chunks, words, 50)
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in pairwise(chunks):
         shared = text[b.start_char : a.end_char]
         assert 6 <= words([shared])[0] <= 12
         assert text[b.start_char - 1] == " "  # starts on a word
@@ -397,16 +402,39 @@ def test_overlap_prefers_sentence_starts() -> None:
     d = doc(PROSE * 6)
     chunks = chunk_document(d, words, max_tokens=60, overlap=20)
     check(d, chunks, words, 60)
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in pairwise(chunks):
         assert b.start_char < a.end_char
         assert d.text[b.start_char - 2] in ".!?"
+
+
+def test_overlap_starts_at_a_sentence_inside_a_long_run_of_words() -> None:
+    # Long sentences are cut at words, so the overlap could start at any word; where a sentence
+    # starts late enough in the shared tail, it is preferred.
+    rng = random.Random(3)
+    sentences = [
+        " ".join(f"w{rng.randrange(999)}" for _ in range(rng.choice([4, 5, 6, 30, 40]))) + "."
+        for _ in range(60)
+    ]
+    d = doc(" ".join(sentences))
+    chunks = chunk_document(d, words, max_tokens=24, overlap=10)
+    check(d, chunks, words, 24)
+    preferred = 0
+    for a, b in pairwise(chunks):
+        shared = d.text[b.start_char : a.end_char]
+        assert shared and words([shared])[0] <= 10
+        if d.text[b.start_char - 2] == ".":
+            preferred += 1
+        else:  # no sentence start was in reach: each would have shared under 5 tokens
+            tails = [shared[m.end() :] for m in re.finditer(r"\. ", shared)]
+            assert all(words([t])[0] < 5 for t in tails), shared
+    assert preferred > 5
 
 
 def test_no_overlap_by_default() -> None:
     d = doc(PROSE * 6)
     chunks = chunk_document(d, words, max_tokens=60)
     check(d, chunks, words, 60)
-    assert all(b.start_char > a.end_char for a, b in zip(chunks, chunks[1:]))
+    assert all(b.start_char > a.end_char for a, b in pairwise(chunks))
 
 
 # ---- the real tokenizer --------------------------------------------------------------------

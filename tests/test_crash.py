@@ -33,7 +33,10 @@ WORDS = (
 
 
 def paragraph(rng: random.Random) -> str:
-    return " ".join(f"{rng.choice(WORDS)}{rng.randint(0, 30)}" for _ in range(rng.randint(25, 60))) + "."
+    return (
+        " ".join(f"{rng.choice(WORDS)}{rng.randint(0, 30)}" for _ in range(rng.randint(25, 60)))
+        + "."
+    )
 
 
 def write_file(path: Path, rng: random.Random) -> None:
@@ -68,7 +71,17 @@ def mutate(root: Path, rng: random.Random, serial: int) -> None:
 
 def start(docs: Path, index_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(ENTRY), "index", str(docs), "--index-dir", str(index_dir), "--embedder", "bow", *extra],
+        [
+            sys.executable,
+            str(ENTRY),
+            "index",
+            str(docs),
+            "--index-dir",
+            str(index_dir),
+            "--embedder",
+            "bow",
+            *extra,
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -104,11 +117,18 @@ def check_after_kill(index_path: Path) -> int:
         assert {p.code for p in problems} <= {"pending", "faiss-count", "temp-files"}, problems
         conn = store.db.conn
         for doc_id, expected in conn.execute("SELECT id, chunks FROM documents"):
-            ordinals = [r[0] for r in conn.execute("SELECT ordinal FROM chunks WHERE document_id = ? ORDER BY ordinal", (doc_id,))]
+            ordinals = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT ordinal FROM chunks WHERE document_id = ? ORDER BY ordinal", (doc_id,)
+                )
+            ]
             assert ordinals == list(range(expected))
         # Every stored vector belongs to its own text: a chunk's text finds that text at ~1.0.
         emb = fakes.BagOfWordsEmbedder()
-        sample = conn.execute("SELECT text FROM chunks WHERE vector IS NOT NULL ORDER BY random() LIMIT 5").fetchall()
+        sample = conn.execute(
+            "SELECT text FROM chunks WHERE vector IS NOT NULL ORDER BY random() LIMIT 5"
+        ).fetchall()
         for (text,) in sample:
             scores, found = store.search_vectors(emb.embed([text]), 1)
             assert store.chunks([int(found[0][0])])[int(found[0][0])].text == text
@@ -118,7 +138,9 @@ def check_after_kill(index_path: Path) -> int:
 
 def committed_texts(index_path: Path) -> set[str]:
     with Store.open(index_path) as store:
-        return {r[0] for r in store.db.conn.execute("SELECT text FROM chunks WHERE vector IS NOT NULL")}
+        return {
+            r[0] for r in store.db.conn.execute("SELECT text FROM chunks WHERE vector IS NOT NULL")
+        }
 
 
 def snapshot(index_path: Path) -> dict[str, tuple[str, list[tuple[object, ...]]]]:
@@ -202,5 +224,8 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates_work(tmp_path):
     clean = ragkit.Settings.load(environ={}, index_dir=tmp_path / "clean", embedder="bow")
     ragkit.index(docs, clean)
     assert final == snapshot(clean.index_path)
-    print(f"{len(kills)} kills in {rounds} runs: " + ", ".join(f"{p} {kills.count(p)}" for p in targets)
-          + f"; final run embedded {len(embedded)} of {len(final_texts)} chunk texts")
+    print(
+        f"{len(kills)} kills in {rounds} runs: "
+        + ", ".join(f"{p} {kills.count(p)}" for p in targets)
+        + f"; final run embedded {len(embedded)} of {len(final_texts)} chunk texts"
+    )

@@ -83,7 +83,9 @@ def damage_orphans(settings):
 
 def damage_fts(settings):
     conn = raw(settings)
-    conn.execute("INSERT INTO chunks_fts(rowid, text, heading) VALUES (424242, 'phantom words', '')")
+    conn.execute(
+        "INSERT INTO chunks_fts(rowid, text, heading) VALUES (424242, 'phantom words', '')"
+    )
 
 
 def damage_temp_files(settings):
@@ -91,7 +93,9 @@ def damage_temp_files(settings):
 
 
 def damage_wrong_size_vector(settings):
-    raw(settings).execute("UPDATE chunks SET vector = x'00000000' WHERE id = (SELECT min(id) FROM chunks)")
+    raw(settings).execute(
+        "UPDATE chunks SET vector = x'00000000' WHERE id = (SELECT min(id) FROM chunks)"
+    )
 
 
 def damage_status(settings):
@@ -151,8 +155,18 @@ def test_repaired_keyword_index_forgets_phantom_rows(settings):
     damage_fts(settings)
     ragkit.doctor(settings, repair=True)
     with Store.open(settings.index_path) as store:
-        assert store.db.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'phantom'").fetchone()[0] == 0
-        assert store.db.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'helmet'").fetchone()[0] == 1
+        assert (
+            store.db.conn.execute(
+                "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'phantom'"
+            ).fetchone()[0]
+            == 0
+        )
+        assert (
+            store.db.conn.execute(
+                "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'helmet'"
+            ).fetchone()[0]
+            == 1
+        )
 
 
 def test_pending_documents_are_left_to_ragkit_index(settings, tmp_path):
@@ -161,8 +175,27 @@ def test_pending_documents_are_left_to_ragkit_index(settings, tmp_path):
         from ragkit.chunking import Chunk
 
         text = "Tandem bicycles seat two riders."
-        chunk = Chunk(ordinal=0, text=text, start_char=0, end_char=len(text), start_line=1, end_line=1, page=None, heading="", tokens=6)
-        store.put_document(path="extra.txt", sha256="?", size=1, mtime=0.0, kind="text", pages=0, warnings=(), chunks=[chunk])
+        chunk = Chunk(
+            ordinal=0,
+            text=text,
+            start_char=0,
+            end_char=len(text),
+            start_line=1,
+            end_line=1,
+            page=None,
+            heading="",
+            tokens=6,
+        )
+        store.put_document(
+            path="extra.txt",
+            sha256="?",
+            size=1,
+            mtime=0.0,
+            kind="text",
+            pages=0,
+            warnings=(),
+            chunks=[chunk],
+        )
     report = ragkit.doctor(settings, repair=True)
     assert codes(report) == {"pending"} and report.repaired == ()
     result = runner.invoke(app, ["doctor", "--json"])
@@ -205,7 +238,11 @@ def test_healthy_index_json(settings):
     result = runner.invoke(app, ["doctor", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["ok"] is True and data["problems"] == [] and data["vectors"] == data["faiss_vectors"] > 0
+    assert (
+        data["ok"] is True
+        and data["problems"] == []
+        and data["vectors"] == data["faiss_vectors"] > 0
+    )
 
 
 def test_an_interrupted_create_is_not_an_index(tmp_path):

@@ -13,16 +13,37 @@ from tests.fakes import BagOfWordsEmbedder
 
 def _chunks(texts: list[str]) -> list[Chunk]:
     return [
-        Chunk(ordinal=i, text=t, start_char=0, end_char=len(t), start_line=1, end_line=1, page=None, heading="", tokens=len(t.split()))
+        Chunk(
+            ordinal=i,
+            text=t,
+            start_char=0,
+            end_char=len(t),
+            start_line=1,
+            end_line=1,
+            page=None,
+            heading="",
+            tokens=len(t.split()),
+        )
         for i, t in enumerate(texts)
     ]
 
 
 def _filled(tmp_path, texts_by_path):
     emb = BagOfWordsEmbedder()
-    store = Store.create(tmp_path / "ix", embedder=emb.name, model=emb.model, dimension=emb.dimension)
+    store = Store.create(
+        tmp_path / "ix", embedder=emb.name, model=emb.model, dimension=emb.dimension
+    )
     for path, texts in texts_by_path.items():
-        store.put_document(path=path, sha256=path, size=1, mtime=1.0, kind="text", pages=0, warnings=(), chunks=_chunks(texts))
+        store.put_document(
+            path=path,
+            sha256=path,
+            size=1,
+            mtime=1.0,
+            kind="text",
+            pages=0,
+            warnings=(),
+            chunks=_chunks(texts),
+        )
     pending = store.pending()
     store.set_vectors([i for i, _, _ in pending], emb.embed([t for _, t, _ in pending]), 7)
     store.save_vectors()
@@ -51,7 +72,13 @@ def test_faiss_ids_are_sqlite_chunk_ids(tmp_path):
 
 
 def test_reopened_store_gives_identical_results(tmp_path):
-    store, emb = _filled(tmp_path, {"a.txt": ["red apples and pears", "green pears"], "b.txt": ["blue sky at night", "red sky"]})
+    store, emb = _filled(
+        tmp_path,
+        {
+            "a.txt": ["red apples and pears", "green pears"],
+            "b.txt": ["blue sky at night", "red sky"],
+        },
+    )
     q = emb.embed(["red sky"])
     before = store.search_vectors(q, 4)
     store.close()
@@ -76,7 +103,16 @@ def test_faiss_rebuilt_from_sqlite_when_they_disagree(tmp_path):
 
 def test_replacing_a_document_reuses_vectors_of_unchanged_text(tmp_path):
     store, _ = _filled(tmp_path, {"a.txt": ["one two", "three four"]})
-    missing, reused = store.put_document(path="a.txt", sha256="x", size=2, mtime=2.0, kind="text", pages=0, warnings=(), chunks=_chunks(["one two", "five six"]))
+    missing, reused = store.put_document(
+        path="a.txt",
+        sha256="x",
+        size=2,
+        mtime=2.0,
+        kind="text",
+        pages=0,
+        warnings=(),
+        chunks=_chunks(["one two", "five six"]),
+    )
     assert (missing, reused) == (1, 1)
     assert [t for _, t, _ in store.pending()] == ["five six"]
     assert store.documents()["a.txt"].status == "pending"
@@ -98,10 +134,21 @@ def test_fts_follows_chunk_changes(tmp_path):
     store, _ = _filled(tmp_path, {"a.txt": ["zebra crossing"], "b.txt": ["lion king"]})
 
     def fts(word: str) -> int:
-        return store.db.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (word,)).fetchone()[0]
+        return store.db.conn.execute(
+            "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (word,)
+        ).fetchone()[0]
 
     assert fts("zebra") == 1
     store.remove_documents(["a.txt"])
     assert fts("zebra") == 0 and fts("lion") == 1
-    store.put_document(path="b.txt", sha256="y", size=1, mtime=1.0, kind="text", pages=0, warnings=(), chunks=_chunks(["tiger stripes"]))
+    store.put_document(
+        path="b.txt",
+        sha256="y",
+        size=1,
+        mtime=1.0,
+        kind="text",
+        pages=0,
+        warnings=(),
+        chunks=_chunks(["tiger stripes"]),
+    )
     assert fts("lion") == 0 and fts("tiger") == 1

@@ -16,7 +16,9 @@ from ragkit.chunking import Chunk
 from ragkit.store import FAISS_NAME, Store, _faiss_ids, cache_key
 from tests import fakes
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar".split()
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar".split()
+)
 
 
 def paragraph(rng: random.Random, n: int = 45) -> str:
@@ -41,7 +43,9 @@ def corpus(tmp_path):
     write_long(docs / "long.md", paragraphs)
     (docs / "short.txt").write_text("Zebras graze on the savannah near the waterhole.\n")
     (docs / "notes").mkdir()
-    (docs / "notes" / "moving.txt").write_text("Penguins huddle together through the polar winter.\n")
+    (docs / "notes" / "moving.txt").write_text(
+        "Penguins huddle together through the polar winter.\n"
+    )
     return docs, paragraphs, rng
 
 
@@ -74,7 +78,11 @@ def assert_consistent(settings: ragkit.Settings) -> Store:
 
 
 def fts_count(store: Store, word: str) -> int:
-    return int(store.db.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (word,)).fetchone()[0])
+    return int(
+        store.db.conn.execute(
+            "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (word,)
+        ).fetchone()[0]
+    )
 
 
 def test_added_file_embeds_only_its_chunks(corpus, settings):
@@ -83,7 +91,9 @@ def test_added_file_embeds_only_its_chunks(corpus, settings):
     assert sorted(first.added) == ["long.md", "notes/moving.txt", "short.txt"]
     assert first.chunks_embedded == first.chunks == len(embedded())
 
-    (docs / "new.md").write_text("# Giraffes\n\nGiraffes browse acacia leaves high above the ground.\n")
+    (docs / "new.md").write_text(
+        "# Giraffes\n\nGiraffes browse acacia leaves high above the ground.\n"
+    )
     report = run(docs, settings)
     assert report.added == ("new.md",) and report.unchanged == 3
     assert (report.changed, report.removed, report.moved) == ((), (), ())
@@ -222,8 +232,27 @@ def test_the_cache_key_names_embedder_model_and_dimension(tmp_path):
     }
     assert len(keys) == 4
     store = Store.create(tmp_path / "ix", embedder="bow", model="hash-256", dimension=256)
-    chunk = Chunk(ordinal=0, text=text, start_char=0, end_char=len(text), start_line=1, end_line=1, page=None, heading="", tokens=3)
-    store.put_document(path="a.txt", sha256="a", size=1, mtime=1.0, kind="text", pages=0, warnings=(), chunks=[chunk])
+    chunk = Chunk(
+        ordinal=0,
+        text=text,
+        start_char=0,
+        end_char=len(text),
+        start_line=1,
+        end_line=1,
+        page=None,
+        heading="",
+        tokens=3,
+    )
+    store.put_document(
+        path="a.txt",
+        sha256="a",
+        size=1,
+        mtime=1.0,
+        kind="text",
+        pages=0,
+        warnings=(),
+        chunks=[chunk],
+    )
     stored = store.db.conn.execute("SELECT cache_key FROM chunks").fetchone()[0]
     assert stored == cache_key(text, embedder="bow", model="hash-256", dimension=256)
     store.close()
@@ -232,11 +261,35 @@ def test_the_cache_key_names_embedder_model_and_dimension(tmp_path):
 def test_a_crash_before_faiss_is_saved_never_serves_a_stale_vector(tmp_path):
     """Chunk ids are never reused, so a FAISS file from before the crash cannot pass for current."""
     emb = fakes.BagOfWordsEmbedder()
-    store = Store.create(tmp_path / "ix", embedder=emb.name, model=emb.model, dimension=emb.dimension)
+    store = Store.create(
+        tmp_path / "ix", embedder=emb.name, model=emb.model, dimension=emb.dimension
+    )
 
     def put(path: str, texts: list[str]) -> None:
-        chunks = [Chunk(ordinal=i, text=t, start_char=0, end_char=len(t), start_line=1, end_line=1, page=None, heading="", tokens=2) for i, t in enumerate(texts)]
-        store.put_document(path=path, sha256=path + texts[0], size=1, mtime=1.0, kind="text", pages=0, warnings=(), chunks=chunks)
+        chunks = [
+            Chunk(
+                ordinal=i,
+                text=t,
+                start_char=0,
+                end_char=len(t),
+                start_line=1,
+                end_line=1,
+                page=None,
+                heading="",
+                tokens=2,
+            )
+            for i, t in enumerate(texts)
+        ]
+        store.put_document(
+            path=path,
+            sha256=path + texts[0],
+            size=1,
+            mtime=1.0,
+            kind="text",
+            pages=0,
+            warnings=(),
+            chunks=chunks,
+        )
         pending = store.pending()
         if pending:
             store.set_vectors([i for i, _, _ in pending], emb.embed([t for _, t, _ in pending]))

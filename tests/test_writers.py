@@ -21,7 +21,11 @@ ENTRY = ROOT / "tests" / "ragkit_with_fakes.py"
 
 def ragkit_process(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(ENTRY), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(ENTRY), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -39,14 +43,19 @@ def test_second_writer_is_refused_or_waits_and_readers_see_the_last_commit(tmp_p
     # 100 one-chunk files: two embedded batches of 64, so the writer can be paused between them.
     for i in range(100):
         (docs / "new").mkdir(exist_ok=True)
-        (docs / "new" / f"n{i:03d}.txt").write_text(f"Unique item{i} words: quartz{i} meadow{i} harbour{i}.\n")
+        (docs / "new" / f"n{i:03d}.txt").write_text(
+            f"Unique item{i} words: quartz{i} meadow{i} harbour{i}.\n"
+        )
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RAGKIT_"))}
     env["RAGKIT_INDEX_DIR"] = str(index_dir)
     env["RAGKIT_BATCH_SIZE"] = "8"  # 64 texts per embedded batch
     gate, phases = tmp_path / "gate", tmp_path / "phases"
     writer = ragkit_process(
-        "index", str(docs), "--json", env={**env, "RAGKIT_TEST_GATE": str(gate), "RAGKIT_TEST_PHASES": str(phases)}
+        "index",
+        str(docs),
+        "--json",
+        env={**env, "RAGKIT_TEST_GATE": str(gate), "RAGKIT_TEST_PHASES": str(phases)},
     )
     try:
         deadline = time.monotonic() + 60
@@ -58,23 +67,45 @@ def test_second_writer_is_refused_or_waits_and_readers_see_the_last_commit(tmp_p
         faiss_file = index_dir / "default" / "vectors.faiss"
         faiss_before = faiss_file.stat().st_mtime_ns
         with Store.open(index_dir / "default") as store:
-            committed = {r[0] for r in store.db.conn.execute("SELECT text FROM chunks WHERE vector IS NOT NULL")}
-            waiting = {r[0] for r in store.db.conn.execute("SELECT text FROM chunks WHERE vector IS NULL")}
+            committed = {
+                r[0]
+                for r in store.db.conn.execute("SELECT text FROM chunks WHERE vector IS NOT NULL")
+            }
+            waiting = {
+                r[0] for r in store.db.conn.execute("SELECT text FROM chunks WHERE vector IS NULL")
+            }
         assert len(waiting) == 100 - 64 and len(committed) == 1 + 64
 
         # Readers work meanwhile, against what is committed.
-        code, out, err = finish(ragkit_process("search", "lighthouse keeper lens", "--json", env=env))
+        code, out, err = finish(
+            ragkit_process("search", "lighthouse keeper lens", "--json", env=env)
+        )
         assert code == 0, err
         assert json.loads(out)["hits"][0]["path"] == "old.txt"
-        one_committed = sorted(committed - {"The lighthouse keeper polishes the great lens every evening."})[0]
+        one_committed = sorted(
+            committed - {"The lighthouse keeper polishes the great lens every evening."}
+        )[0]
         one_waiting = sorted(waiting)[0]
-        code, out, err = finish(ragkit_process("search", one_committed, "-k", "3", "--json", env=env))
+        code, out, err = finish(
+            ragkit_process("search", one_committed, "-k", "3", "--json", env=env)
+        )
         hits = json.loads(out)["hits"]
-        assert code == 0 and hits[0]["text"].strip() == one_committed and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
-        code, out, err = finish(ragkit_process("search", one_waiting, "-k", "100", "--json", env=env))
+        assert (
+            code == 0
+            and hits[0]["text"].strip() == one_committed
+            and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+        )
+        code, out, err = finish(
+            ragkit_process("search", one_waiting, "-k", "100", "--json", env=env)
+        )
         assert code == 0 and one_waiting not in {h["text"].strip() for h in json.loads(out)["hits"]}
         code, out, err = finish(
-            ragkit_process("ask", "what does the lighthouse keeper polish", "--json", env={**env, "RAGKIT_ABSTAIN_BELOW": "0.1"})
+            ragkit_process(
+                "ask",
+                "what does the lighthouse keeper polish",
+                "--json",
+                env={**env, "RAGKIT_ABSTAIN_BELOW": "0.1"},
+            )
         )
         assert code == 0, err
         assert json.loads(out)["citations"][0]["path"] == "old.txt"
@@ -105,7 +136,12 @@ def test_second_writer_is_refused_or_waits_and_readers_see_the_last_commit(tmp_p
     assert second["unchanged"] == 101 and second["chunks_embedded"] == 0 and second["added"] == []
     with Store.open(index_dir / "default") as store:
         assert store.check().ok
-        assert store.counts() == {"documents": 101, "chunks": 101, "vectors": 101, "pending_documents": 0}
+        assert store.counts() == {
+            "documents": 101,
+            "chunks": 101,
+            "vectors": 101,
+            "pending_documents": 0,
+        }
 
 
 def test_a_reader_saves_the_rebuilt_faiss_file_when_no_writer_is_at_work(tmp_path):

@@ -70,7 +70,11 @@ class OpenAIEmbedder:
         start = 0
         while start < len(texts):
             end, budget = start, 0
-            while end < len(texts) and end - start < MAX_INPUTS and budget + counts[end] <= MAX_REQUEST_TOKENS:
+            while (
+                end < len(texts)
+                and end - start < MAX_INPUTS
+                and budget + counts[end] <= MAX_REQUEST_TOKENS
+            ):
                 budget += counts[end]
                 end += 1
             end = max(end, start + 1)
@@ -90,4 +94,5 @@ class OpenAIEmbedder:
         data = sorted(response.data, key=lambda d: d.index)
         vectors = np.asarray([d.embedding for d in data], dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+        unit: NDArray[np.float32] = vectors / np.maximum(norms, 1e-12)
+        return unit

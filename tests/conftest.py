@@ -1,0 +1,19 @@
+"""Shared pytest fixtures for ragkit's tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.openai_server import OpenAITestServer
+
+
+@pytest.fixture
+def openai_server() -> Iterator[OpenAITestServer]:
+    """A started OpenAI-compatible server on 127.0.0.1 (see tests/openai_server.py), closed after."""
+    server = OpenAITestServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
