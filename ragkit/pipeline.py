@@ -257,10 +257,18 @@ def index(
             tokens += batch_tokens
             note("embed", embedded, len(pending))
 
-        # 5. Derive the FAISS file from SQLite when anything changed (or it disagrees).
-        if embedded or removed or added or changed or not store.vectors_agree():
-            store.save_vectors()
+        # 5. Derive the FAISS file from SQLite when anything changed, or when a killed run left
+        # it (or the manifest's count of it) behind.
         counts = store.counts()
+        if (
+            embedded
+            or removed
+            or added
+            or changed
+            or store.manifest.faiss_count != counts["vectors"]
+            or not store.vectors_agree()
+        ):
+            store.save_vectors()
         return IndexReport(
             index=str(settings.index_path),
             embedder=store.manifest.embedder_spec,

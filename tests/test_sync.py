@@ -6,6 +6,7 @@ import os
 import random
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -306,3 +307,16 @@ def test_a_crash_before_faiss_is_saved_never_serves_a_stale_vector(tmp_path):
     assert scores[0][0] == pytest.approx(1.0, abs=1e-5)
     assert np.array_equal(_faiss_ids(again.faiss_index()), again.chunk_ids())
     again.close()
+
+
+def test_a_run_with_nothing_to_do_still_mends_what_a_kill_left(corpus, settings):
+    docs, _, _ = corpus
+    run(docs, settings)
+    conn = sqlite3.connect(settings.index_path / "ragkit.db", isolation_level=None)
+    # Killed after renaming the FAISS file into place, before recording its count.
+    conn.execute("UPDATE manifest SET value = '0' WHERE key = 'faiss_count'")
+    conn.close()
+    (settings.index_path / f".{FAISS_NAME}.999.tmp").write_bytes(b"half written")
+    report = run(docs, settings)
+    assert report.unchanged == 3 and not embedded()
+    assert_consistent(settings).close()  # check() is ok: count recorded, temporary file gone
