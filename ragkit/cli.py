@@ -140,6 +140,7 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="ragkit: %(message)s",
         stream=sys.stderr,
+        force=True,
     )
 
 
