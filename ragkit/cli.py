@@ -142,6 +142,7 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="ragkit: %(message)s",
         stream=sys.stderr,
+        force=True,
     )
 
 
