@@ -189,15 +189,8 @@ def index(
             row = known.get(rel)
             try:
                 stat = file.stat()
-                if (
-                    row
-                    and row.status == "indexed"
-                    and (row.size, row.mtime)
-                    == (
-                        stat.st_size,
-                        stat.st_mtime,
-                    )
-                ):
+                size_mtime = (stat.st_size, stat.st_mtime)
+                if row and row.status == "indexed" and (row.size, row.mtime) == size_mtime:
                     unchanged += 1  # fast path: size and mtime unchanged
                     continue
                 doc = load_document(file, root)
@@ -220,7 +213,7 @@ def index(
                 unchanged += 1
                 continue
             old = by_hash.pop(doc.sha256, None) if row is None else None
-            if old is not None and old in gone:
+            if old is not None:
                 store.move_document(old, doc.path, mtime=doc.mtime)
                 moved.append((old, doc.path))
                 del gone[old]
