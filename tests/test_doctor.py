@@ -16,6 +16,7 @@ from ragkit.errors import IndexLockedError, IndexMismatchError
 from ragkit.store import DB_NAME, FAISS_NAME, Store
 from tests import fakes  # noqa: F401  (registers the "bow" embedder)
 from tests.test_pipeline import PAGES, write
+from tests.test_store import _chunks
 
 runner = CliRunner()
 
@@ -171,21 +172,8 @@ def test_repaired_keyword_index_forgets_phantom_rows(settings):
 
 def test_pending_documents_are_left_to_ragkit_index(settings, tmp_path):
     (tmp_path / "docs" / "extra.txt").write_text("Tandem bicycles seat two riders.\n")
-    with Store.open(settings.index_path) as store:
-        from ragkit.chunking import Chunk
-
-        text = "Tandem bicycles seat two riders."
-        chunk = Chunk(
-            ordinal=0,
-            text=text,
-            start_char=0,
-            end_char=len(text),
-            start_line=1,
-            end_line=1,
-            page=None,
-            heading="",
-            tokens=6,
-        )
+    with Store.open(settings.index_path) as store:  # as if killed before embedding it
+        chunks = _chunks(["Tandem bicycles seat two riders."])
         store.put_document(
             path="extra.txt",
             sha256="?",
@@ -194,7 +182,7 @@ def test_pending_documents_are_left_to_ragkit_index(settings, tmp_path):
             kind="text",
             pages=0,
             warnings=(),
-            chunks=[chunk],
+            chunks=chunks,
         )
     report = ragkit.doctor(settings, repair=True)
     assert codes(report) == {"pending"} and report.repaired == ()

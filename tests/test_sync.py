@@ -9,12 +9,10 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import ragkit
-from ragkit.chunking import Chunk
-from ragkit.store import FAISS_NAME, Store, _faiss_ids, cache_key
+from ragkit.store import FAISS_NAME, Store, _faiss_ids
 from tests import fakes
 
 WORDS = (
@@ -221,92 +219,6 @@ def test_identical_text_in_a_new_file_is_reused_not_embedded(corpus, settings):
     report = run(docs, settings)
     assert report.added == ("copy-of-short.txt",)
     assert report.chunks_embedded == 0 and report.chunks_reused == 1 and not embedded()
-
-
-def test_the_cache_key_names_embedder_model_and_dimension(tmp_path):
-    text = "the same words"
-    keys = {
-        cache_key(text, embedder="bow", model="hash-256", dimension=256),
-        cache_key(text, embedder="bow", model="hash-512", dimension=256),
-        cache_key(text, embedder="bow", model="hash-256", dimension=128),
-        cache_key(text, embedder="local", model="hash-256", dimension=256),
-    }
-    assert len(keys) == 4
-    store = Store.create(tmp_path / "ix", embedder="bow", model="hash-256", dimension=256)
-    chunk = Chunk(
-        ordinal=0,
-        text=text,
-        start_char=0,
-        end_char=len(text),
-        start_line=1,
-        end_line=1,
-        page=None,
-        heading="",
-        tokens=3,
-    )
-    store.put_document(
-        path="a.txt",
-        sha256="a",
-        size=1,
-        mtime=1.0,
-        kind="text",
-        pages=0,
-        warnings=(),
-        chunks=[chunk],
-    )
-    stored = store.db.conn.execute("SELECT cache_key FROM chunks").fetchone()[0]
-    assert stored == cache_key(text, embedder="bow", model="hash-256", dimension=256)
-    store.close()
-
-
-def test_a_crash_before_faiss_is_saved_never_serves_a_stale_vector(tmp_path):
-    """Chunk ids are never reused, so a FAISS file from before the crash cannot pass for current."""
-    emb = fakes.BagOfWordsEmbedder()
-    store = Store.create(
-        tmp_path / "ix", embedder=emb.name, model=emb.model, dimension=emb.dimension
-    )
-
-    def put(path: str, texts: list[str]) -> None:
-        chunks = [
-            Chunk(
-                ordinal=i,
-                text=t,
-                start_char=0,
-                end_char=len(t),
-                start_line=1,
-                end_line=1,
-                page=None,
-                heading="",
-                tokens=2,
-            )
-            for i, t in enumerate(texts)
-        ]
-        store.put_document(
-            path=path,
-            sha256=path + texts[0],
-            size=1,
-            mtime=1.0,
-            kind="text",
-            pages=0,
-            warnings=(),
-            chunks=chunks,
-        )
-        pending = store.pending()
-        if pending:
-            store.set_vectors([i for i, _, _ in pending], emb.embed([t for _, t, _ in pending]))
-
-    put("a.txt", ["red apples"])
-    put("b.txt", ["blue whales"])  # the highest chunk id
-    store.save_vectors()
-    put("b.txt", ["green frogs"])  # replaced and embedded, then "killed" before save_vectors
-    store.close()
-
-    again = Store.open(tmp_path / "ix")
-    scores, ids = again.search_vectors(emb.embed(["green frogs"]), 1)
-    assert again.chunks([int(ids[0][0])])[int(ids[0][0])].text == "green frogs"
-    assert scores[0][0] == pytest.approx(1.0, abs=1e-5)
-    assert np.array_equal(_faiss_ids(again.faiss_index()), again.chunk_ids())
-    again.close()
 
 
 def test_a_run_with_nothing_to_do_still_mends_what_a_kill_left(corpus, settings):
