@@ -18,7 +18,9 @@ The embedding cache is the ``chunks`` table itself: a new chunk whose ``cache_ke
 stored chunk's takes that chunk's vector instead of being embedded. The key hashes the embedder,
 model and dimension with the text, so a vector is only ever reused for the model that made it.
 
-This is the only module that reads or writes index files.
+``Store.check`` verifies these parts against each other (``ragkit doctor``); ``Store.repair``
+mends what it can without the source files. This is the only module that reads or writes index
+files.
 """
 
 from __future__ import annotations
