@@ -2,10 +2,11 @@
 
 - **Packing.** Texts go out in order, as many per request as fit in 2,048 inputs and
   ``REQUEST_TOKEN_BUDGET`` tokens (the API allows 300,000; the margin absorbs tokenizer
-  differences), and never more than a quarter of the tokens-per-minute limit once the server has
-  said it, so that several requests share the minute.
-- **Concurrency.** The first request goes alone (its headers tell the limits; a wrong URL or key
-  fails once, not ``concurrency`` times); then up to ``concurrency`` requests run at once.
+  differences), and never more than 1/30 of the tokens-per-minute limit once the server has said
+  it, so that the pacer's waits stay short and several requests share the minute.
+- **Concurrency.** The first request goes alone and small (its headers tell the limits; a wrong
+  URL, key or model fails once, not ``concurrency`` times); then up to ``concurrency`` requests
+  run at once.
 - **Pacing.** A shared :class:`~ragkit.embedders.pacing.Pacer` mirrors the server's buckets from
   ``x-ratelimit-*`` headers and holds a request until it fits; a 429's ``retry-after-ms`` /
   ``retry-after`` holds every worker.
@@ -65,9 +66,17 @@ MAX_INPUT_TOKENS = 8191  # tokens per input (API limit)
 REQUEST_TOKEN_BUDGET = 270_000  # what ragkit packs into one request
 INPUT_TOKEN_BUDGET = 8_000  # longest piece ragkit sends; re-tokenising a split piece can add a few
 
+# The first request goes alone and small: its headers tell the limits, and a wrong URL, key or
+# model fails once, cheaply. Later requests hold at most 1/30 of the tokens-per-minute limit
+# (two seconds' refill), so the pacer's waits stay short and several requests overlap.
+FIRST_REQUEST_TOKENS = 8_000
+REQUESTS_PER_MINUTE_OF_TOKENS = 30
+
 DEFAULT_CONCURRENCY = 4
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 8
+DEFAULT_RETRY_DELAY = 0.5  # seconds before the first retry; doubles with each one
+DEFAULT_MAX_RETRY_DELAY = 30.0
 _RETRY_STATUSES = frozenset({408, 409, 429})
 _CONNECT_FAILURES = ("ConnectError", "ConnectTimeout")  # httpx's names for "never got through"
 
@@ -157,15 +166,15 @@ class OpenAIEmbedder:
         concurrency: int = DEFAULT_CONCURRENCY,
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
-        retry_delay: float = 0.5,
-        max_retry_delay: float = 30.0,
+        retry_delay: float | None = None,
+        max_retry_delay: float | None = None,
         count_only: bool = False,
     ) -> None:
         self.model = model
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max(0, int(max_retries))
-        self.retry_delay = retry_delay
-        self.max_retry_delay = max_retry_delay
+        self.retry_delay = DEFAULT_RETRY_DELAY if retry_delay is None else retry_delay
+        self.max_retry_delay = DEFAULT_MAX_RETRY_DELAY if max_retry_delay is None else max_retry_delay
         self.price_per_million_tokens = PRICE_PER_MILLION_TOKENS.get(model)
         # Azure routes by deployment name, which the SDK takes from the request's model.
         self._request_model = (azure_deployment if azure_endpoint else None) or model
@@ -332,10 +341,12 @@ class OpenAIEmbedder:
         return pieces
 
     def _request_budget(self) -> int:
+        if not self._reached:
+            return FIRST_REQUEST_TOKENS
         limit = self._pacer.token_limit
         if limit is None:
             return REQUEST_TOKEN_BUDGET
-        return min(REQUEST_TOKEN_BUDGET, max(limit // 4, min(limit, INPUT_TOKEN_BUDGET)))
+        return max(1, min(REQUEST_TOKEN_BUDGET, limit // REQUESTS_PER_MINUTE_OF_TOKENS))
 
     def _take(self, queue: deque[int], pieces: Sequence[_Piece]) -> list[int]:
         budget = self._request_budget()
