@@ -54,7 +54,12 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Back-off of tens of milliseconds, so retried faults cost little test time."""
     monkeypatch.setattr(openai_embedder, "DEFAULT_RETRY_DELAY", 0.02)
     monkeypatch.setattr(openai_embedder, "DEFAULT_MAX_RETRY_DELAY", 0.2)
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY"):
+    for name in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "AZURE_OPENAI_ENDPOINT",
+        "AZURE_OPENAI_API_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -73,7 +78,9 @@ def corpus(tmp_path: Path) -> Path:
     return docs
 
 
-def settings(tmp_path: Path, server: OpenAITestServer, index: str, **overrides: Any) -> ragkit.Settings:
+def settings(
+    tmp_path: Path, server: OpenAITestServer, index: str, **overrides: Any
+) -> ragkit.Settings:
     values: dict[str, Any] = {
         "index_dir": tmp_path / "indexes",
         "index": index,
@@ -157,7 +164,9 @@ def drain(server: OpenAITestServer, *, tokens_left: int, requests_left: int) -> 
 # --------------------------------------------------------------------------- a clean run
 
 
-def test_clean_run_stores_the_server_vectors_and_its_billed_tokens(tmp_path, clean, corpus, openai_server):
+def test_clean_run_stores_the_server_vectors_and_its_billed_tokens(
+    tmp_path, clean, corpus, openai_server
+):
     openai_server.config.latency = 0.1
     openai_server.config.tpm = 3_000_000  # headers on; requests capped at 100k tokens
     report = ragkit.index(corpus, settings(tmp_path, openai_server, "again"))
@@ -181,7 +190,9 @@ def test_clean_run_stores_the_server_vectors_and_its_billed_tokens(tmp_path, cle
 
 FAULTS = {
     "429 retry-after": Fault("rate_limit", endpoint="embeddings", retry_after=1),
-    "429 retry-after-ms": Fault("rate_limit", endpoint="embeddings", retry_after=None, retry_after_ms=150),
+    "429 retry-after-ms": Fault(
+        "rate_limit", endpoint="embeddings", retry_after=None, retry_after_ms=150
+    ),
     "429 no header": Fault("rate_limit", endpoint="embeddings", retry_after=None),
     "500": Fault("server_error", endpoint="embeddings"),
     "502": Fault("server_error", endpoint="embeddings", status=502),
@@ -193,7 +204,9 @@ FAULTS = {
 
 
 @pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
-def test_every_fault_ends_with_exactly_the_clean_runs_chunks(tmp_path, clean, corpus, openai_server, fault):
+def test_every_fault_ends_with_exactly_the_clean_runs_chunks(
+    tmp_path, clean, corpus, openai_server, fault
+):
     openai_server.config.tpm = 300_000  # requests of 10k tokens: several run at once
     openai_server.config.inject(fault)  # the first request...
     openai_server.config.inject_randomly(fault, 0.3, seed=3)  # ...and about a third of the rest
@@ -212,7 +225,9 @@ def test_a_429_makes_every_worker_wait(tmp_path, clean, corpus, openai_server):
     pause = 0.8
     progress = on_first_batch(
         lambda: openai_server.config.inject(
-            Fault("rate_limit", endpoint="embeddings", retry_after=None, retry_after_ms=pause * 1000)
+            Fault(
+                "rate_limit", endpoint="embeddings", retry_after=None, retry_after_ms=pause * 1000
+            )
         )
     )
     ragkit.index(corpus, settings(tmp_path, openai_server, "paused"), progress=progress)
@@ -257,7 +272,9 @@ def test_tpm_and_rpm_exhaustion_is_paced_not_hammered(tmp_path, clean, corpus, o
 # --------------------------------------------------------------------------- quota
 
 
-def test_insufficient_quota_stops_at_once_and_keeps_what_was_embedded(tmp_path, clean, corpus, openai_server):
+def test_insufficient_quota_stops_at_once_and_keeps_what_was_embedded(
+    tmp_path, clean, corpus, openai_server
+):
     openai_server.config.tpm = 300_000
     quota = Fault("insufficient_quota", endpoint="embeddings")
     progress = on_first_batch(lambda: openai_server.config.inject(quota, times=100))
@@ -283,7 +300,10 @@ def test_insufficient_quota_stops_at_once_and_keeps_what_was_embedded(tmp_path, 
 def test_cli_reports_insufficient_quota_in_one_line_with_exit_1(tmp_path, corpus, openai_server):
     openai_server.config.inject(Fault("insufficient_quota", endpoint="embeddings"), times=100)
     proc = _ragkit(
-        "index", str(corpus), "--embedder", "openai",
+        "index",
+        str(corpus),
+        "--embedder",
+        "openai",
         cwd=tmp_path,
         env={"OPENAI_BASE_URL": openai_server.base_url, "OPENAI_API_KEY": "test"},
     )
@@ -298,11 +318,16 @@ def test_cli_reports_insufficient_quota_in_one_line_with_exit_1(tmp_path, corpus
 # --------------------------------------------------------------------------- limits and counting
 
 
-def test_requests_stay_inside_the_limits_and_long_texts_are_split_and_averaged(openai_server, caplog):
+def test_requests_stay_inside_the_limits_and_long_texts_are_split_and_averaged(
+    openai_server, caplog
+):
     rng = random.Random(1)
     tiny = [f"note {i} {rng.choice(_VOCABULARY)}" for i in range(2500)]  # more than 2048 inputs
     big = [" ".join(rng.choice(_VOCABULARY) for _ in range(1200))[:7990] for _ in range(45)]
-    long = ["".join(rng.choice(_VOCABULARY) + " " for _ in range(3500)), "é" * 9000]  # > 8000 tokens
+    long = [
+        "".join(rng.choice(_VOCABULARY) + " " for _ in range(3500)),
+        "é" * 9000,
+    ]  # > 8000 tokens
     odd = ["", "   ", "emoji 🚲 and 漢字 and ünïcödé", "x"]
     texts = tiny + big + long + odd
     rng.shuffle(texts)
@@ -323,7 +348,9 @@ def test_requests_stay_inside_the_limits_and_long_texts_are_split_and_averaged(o
         assert len(pieces) >= 2 and "".join(pieces) == text
         weights = np.asarray([server_count_tokens(p) for p in pieces], dtype=np.float32)
         mean = (embed_texts(pieces, MODEL) * weights[:, None]).sum(axis=0)
-        np.testing.assert_allclose(vectors[texts.index(text)], mean / np.linalg.norm(mean), atol=1e-5)
+        np.testing.assert_allclose(
+            vectors[texts.index(text)], mean / np.linalg.norm(mean), atol=1e-5
+        )
     plain = [i for i, t in enumerate(texts) if t not in long]
     expected = embed_texts([texts[i] if texts[i].strip() else " " for i in plain], MODEL)
     np.testing.assert_allclose(vectors[plain], expected, atol=1e-6)
@@ -334,7 +361,14 @@ def test_requests_stay_inside_the_limits_and_long_texts_are_split_and_averaged(o
 
 @pytest.mark.parametrize(
     "text",
-    ["plain ascii words", "naïve café", "emoji 🚲🚲 text", "漢字かな交じり文", "<|endoftext|> special", "\n\t "],
+    [
+        "plain ascii words",
+        "naïve café",
+        "emoji 🚲🚲 text",
+        "漢字かな交じり文",
+        "<|endoftext|> special",
+        "\n\t ",
+    ],
 )
 def test_token_counts_never_undercount_the_server(text):
     assert count_tokens([text])[0] >= server_count_tokens(text)
@@ -349,7 +383,10 @@ def test_dry_run_counts_what_a_run_would_embed_and_writes_nothing(tmp_path, corp
     assert estimate.dry_run and not (tmp_path / "indexes").exists()
     assert openai_server.requests_for("embeddings") == []
     real = ragkit.index(corpus, conf)
-    assert (estimate.chunks_embedded, estimate.tokens_embedded) == (real.chunks_embedded, real.tokens_embedded)
+    assert (estimate.chunks_embedded, estimate.tokens_embedded) == (
+        real.chunks_embedded,
+        real.tokens_embedded,
+    )
     assert sorted(estimate.added) == sorted(real.added) and estimate.chunks == real.chunks
     assert estimate.cost_usd == pytest.approx(real.tokens_embedded * 0.02 / 1e6)
 
@@ -360,13 +397,18 @@ def test_dry_run_counts_what_a_run_would_embed_and_writes_nothing(tmp_path, corp
     db = tmp_path / "indexes" / "dry" / "ragkit.db"
     before = (db.stat().st_mtime_ns, db.stat().st_size)
     openai_server.reset()
-    estimate = ragkit.index(corpus, conf.replace(openai_api_key="", openai_base_url=""), dry_run=True)
+    estimate = ragkit.index(
+        corpus, conf.replace(openai_api_key="", openai_base_url=""), dry_run=True
+    )
     assert (db.stat().st_mtime_ns, db.stat().st_size) == before
     assert openai_server.requests == []
     assert estimate.changed == ("doc00.md",) and estimate.removed == ("doc01.md",)
     assert 0 < estimate.chunks_embedded <= 3 and estimate.chunks_reused > 0
     real = ragkit.index(corpus, conf)
-    assert (estimate.chunks_embedded, estimate.tokens_embedded) == (real.chunks_embedded, real.tokens_embedded)
+    assert (estimate.chunks_embedded, estimate.tokens_embedded) == (
+        real.chunks_embedded,
+        real.tokens_embedded,
+    )
     assert estimate.chunks == real.chunks and estimate.documents == real.documents
 
 
@@ -409,7 +451,9 @@ def test_bad_key_is_a_one_line_401_without_the_key(tmp_path, corpus, openai_serv
 
 def test_unknown_model_is_a_one_line_404_before_any_index_exists(tmp_path, corpus, openai_server):
     with pytest.raises(ConfigError) as caught:
-        ragkit.index(corpus, settings(tmp_path, openai_server, "m", embedder="openai:text-embedding-9"))
+        ragkit.index(
+            corpus, settings(tmp_path, openai_server, "m", embedder="openai:text-embedding-9")
+        )
     text = _one_line(caught.value)
     assert "404" in text and "text-embedding-9" in text and "--embedder openai:MODEL" in text
     assert not (tmp_path / "indexes" / "m").exists()
@@ -456,7 +500,10 @@ def test_azure_needs_its_own_key_and_excludes_base_url():
         OpenAIEmbedder(MODEL, azure_endpoint="https://x.openai.azure.com", api_key="sk-openai")
     with pytest.raises(ConfigError, match="unset one of them"):
         OpenAIEmbedder(
-            MODEL, azure_endpoint="https://x.openai.azure.com", azure_api_key="k", base_url="http://h/v1"
+            MODEL,
+            azure_endpoint="https://x.openai.azure.com",
+            azure_api_key="k",
+            base_url="http://h/v1",
         )
 
 
@@ -474,7 +521,13 @@ def test_keys_never_reach_the_index_logs_or_messages(tmp_path, corpus, openai_se
         ragkit.index(corpus, conf)
     messages.append(str(caught.value))
     proc = _ragkit(
-        "index", str(corpus), "--embedder", "openai", "--index", "cli", "--verbose",
+        "index",
+        str(corpus),
+        "--embedder",
+        "openai",
+        "--index",
+        "cli",
+        "--verbose",
         cwd=tmp_path,
         env={"OPENAI_BASE_URL": openai_server.base_url, "OPENAI_API_KEY": CANARY_KEY},
     )
@@ -512,7 +565,9 @@ def test_pacer_holds_a_request_until_the_bucket_has_refilled():
     stop = threading.Event()
     ticket = pacer.acquire(5_000, stop)
     # The server says: 6,000 tokens a minute (100 a second), 1,000 left after this request.
-    pacer.observe({"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "1000"}, ticket)
+    pacer.observe(
+        {"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "1000"}, ticket
+    )
     assert pacer.token_limit == 6000
     waiter = threading.Thread(target=pacer.acquire, args=(3_000, stop))
     waiter.start()

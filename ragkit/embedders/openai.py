@@ -89,7 +89,9 @@ def _encoding() -> Any:
 
         return tiktoken.get_encoding("cl100k_base")
     except Exception as exc:  # noqa: BLE001 - any failure to load means "count conservatively"
-        log.info("tiktoken's cl100k_base unavailable (%s); counting UTF-8 bytes", type(exc).__name__)
+        log.info(
+            "tiktoken's cl100k_base unavailable (%s); counting UTF-8 bytes", type(exc).__name__
+        )
         return None
 
 
@@ -174,7 +176,9 @@ class OpenAIEmbedder:
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max(0, int(max_retries))
         self.retry_delay = DEFAULT_RETRY_DELAY if retry_delay is None else retry_delay
-        self.max_retry_delay = DEFAULT_MAX_RETRY_DELAY if max_retry_delay is None else max_retry_delay
+        self.max_retry_delay = (
+            DEFAULT_MAX_RETRY_DELAY if max_retry_delay is None else max_retry_delay
+        )
         self.price_per_million_tokens = PRICE_PER_MILLION_TOKENS.get(model)
         # Azure routes by deployment name, which the SDK takes from the request's model.
         self._request_model = (azure_deployment if azure_endpoint else None) or model
@@ -375,14 +379,14 @@ class OpenAIEmbedder:
                 raw = self.client.embeddings.with_raw_response.create(
                     model=self._request_model, input=texts, encoding_format="base64"
                 )
+                self._pacer.observe(raw.headers, ticket)  # before more workers start on _reached
                 self._reached = True
-                self._pacer.observe(raw.headers, ticket)
                 return self._parse(raw.content, len(texts), tokens)
             except openai.APIStatusError as exc:
-                self._reached = True
                 headers = exc.response.headers
                 self._pacer.refund(ticket)  # refused requests use no quota
                 self._pacer.observe(headers, ticket)
+                self._reached = True
                 if exc.status_code == 429:
                     self._count(rate_limited=1)
                 if not _retryable(exc):
@@ -414,8 +418,10 @@ class OpenAIEmbedder:
                 raise EmbeddingError(
                     f"embedding failed: {error} (after {self.max_retries} retries); re-run to resume"
                 ) from error
-            delay = wait_for if wait_for is not None else backoff(
-                attempt, self.retry_delay, self.max_retry_delay
+            delay = (
+                wait_for
+                if wait_for is not None
+                else backoff(attempt, self.retry_delay, self.max_retry_delay)
             )
             self._count(retries=1)
             log.info(
@@ -457,7 +463,9 @@ class OpenAIEmbedder:
         self._count(tokens=tokens)
         return _Result(vectors, tokens)
 
-    def _count(self, requests: int = 0, retries: int = 0, rate_limited: int = 0, tokens: int = 0) -> None:
+    def _count(
+        self, requests: int = 0, retries: int = 0, rate_limited: int = 0, tokens: int = 0
+    ) -> None:
         with self._lock:
             s = self._stats
             self._stats = RequestStats(

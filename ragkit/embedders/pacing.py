@@ -21,6 +21,10 @@ from dataclasses import dataclass
 
 # Longest wait taken from a server's retry-after; a longer one is most likely a daily limit.
 MAX_SERVER_WAIT = 120.0
+# A request goes when the estimate covers it plus this much refill. The estimate runs slightly
+# ahead of the server (it cannot know when the server counted), and the cushion costs nothing
+# while work is queued: the tokens stay in the bucket, and the rate is still the limit.
+CUSHION_SECONDS = 0.25
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
@@ -89,7 +93,8 @@ class _Bucket:
         return min(float(self.limit), self.level + (now - self.stamp) * self.rate)
 
     def wait(self, amount: float, now: float) -> float:
-        return max(0.0, (min(amount, self.limit) - self.level_at(now)) / self.rate)
+        wanted = min(amount + self.rate * CUSHION_SECONDS, self.limit)
+        return max(0.0, (wanted - self.level_at(now)) / self.rate)
 
     def take(self, amount: float, now: float) -> None:
         self.level = self.level_at(now) - amount
