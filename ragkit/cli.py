@@ -173,6 +173,8 @@ def _print_report(report: IndexReport) -> None:
         f" {report.chunks_embedded} chunks embedded, {report.chunks_reused} reused;"
         f" {report.documents} documents, {report.chunks} chunks in the index; {report.seconds:.1f} s"
     )
+    if report.tokens_embedded and report.cost_usd:
+        _err(f"{report.tokens_embedded} tokens embedded, about ${report.cost_usd:.4f} at list price")
 
 
 def _print_estimate(report: IndexReport) -> None:

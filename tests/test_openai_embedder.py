@@ -573,7 +573,7 @@ def test_pacer_holds_a_request_until_the_bucket_has_refilled():
     waiter.start()
     time.sleep(0.3)
     assert waiter.is_alive()  # 1,000 tokens available, 3,000 needed
-    clock[0] += 20.0  # 2,000 more tokens have refilled
+    clock[0] += 21.0  # 2,100 more tokens have refilled: the 3,000 and a cushion
     waiter.join(2.0)
     assert not waiter.is_alive()
     pacer.pause(30.0)

@@ -268,6 +268,7 @@ class OpenAIEmbedder:
         stop = threading.Event()
         failure: RagkitError | None = None
         carry = 0  # tokens used by requests that completed no text yet
+        interrupted = False
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ragkit-embed")
         try:
             while queue or running:
@@ -316,9 +317,13 @@ class OpenAIEmbedder:
                         carry = 0
             if failure is not None:
                 raise failure
+        except KeyboardInterrupt:
+            # Do not sit out requests in flight (up to the timeout): their work is lost anyway.
+            interrupted = True
+            raise
         finally:
             stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
 
     # -- packing -----------------------------------------------------------------------------
 
