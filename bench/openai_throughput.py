@@ -1,4 +1,4 @@
-"""Embedding throughput under a tokens-per-minute limit: ragkit's OpenAIEmbedder vs a sequential client.
+"""Embedding throughput under a tokens-per-minute limit: ragkit vs a sequential 100-input client.
 
 Starts the OpenAI-compatible test server (tests/openai_server.py) in this process with a fixed
 latency per request and TPM / RPM limits, then embeds the same synthetic chunks two ways:
@@ -72,8 +72,12 @@ def run_ragkit(server: OpenAITestServer, texts: list[str], concurrency: int) -> 
     vectors = embedder.embed(texts)
     seconds = time.perf_counter() - started
     check = np.random.default_rng(0).choice(len(texts), 200, replace=False)
-    expected = embed_texts([texts[i] for i in check], MODEL, server.config.embedding_models[MODEL].dimensions)
-    assert np.allclose(vectors[check], expected, atol=1e-5), "ragkit's vectors differ from the server's"
+    expected = embed_texts(
+        [texts[i] for i in check], MODEL, server.config.embedding_models[MODEL].dimensions
+    )
+    assert np.allclose(vectors[check], expected, atol=1e-5), (
+        "ragkit's vectors differ from the server's"
+    )
     s = embedder.stats
     return {
         "chunks": len(texts),
@@ -138,11 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         }
     for name, r in results.items():
         rate = r["tokens"] / r["seconds"]
-        label = f"ragkit (concurrency {args.concurrency})" if name == "ragkit" else "baseline (sequential, 100/request)"
+        label = (
+            f"ragkit (concurrency {args.concurrency})"
+            if name == "ragkit"
+            else "baseline (sequential, 100/request)"
+        )
         print(
-            f"{label:>36}: {r['chunks']:,.0f} chunks, {r['tokens']:,.0f} tokens in {r['seconds']:.1f} s"
-            f" = {rate:,.0f} tokens/s = {100 * rate / limit:.1f} % of the TPM limit;"
-            f" {r['requests']:.0f} requests, {r['rate_limited']:.0f} answered 429, {r['retries']:.0f} retries"
+            f"{label:>36}: {r['chunks']:,.0f} chunks, {r['tokens']:,.0f} tokens"
+            f" in {r['seconds']:.1f} s = {rate:,.0f} tokens/s"
+            f" = {100 * rate / limit:.1f} % of the TPM limit; {r['requests']:.0f} requests,"
+            f" {r['rate_limited']:.0f} answered 429, {r['retries']:.0f} retries"
         )
     ours = results["ragkit"]["tokens"] / results["ragkit"]["seconds"]
     theirs = results["baseline"]["tokens"] / results["baseline"]["seconds"]

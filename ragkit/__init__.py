@@ -1,8 +1,9 @@
 """ragkit: semantic search and cited answers over your documents, offline by default.
 
-The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``. The parts, for
-apps that assemble their own pipeline, are importable from here too. Names load on first use,
-so ``import ragkit`` (and ``ragkit --help``) stays instant.
+The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``, ``doctor()``,
+and the async forms ``aindex``, ``asearch``, ``aask`` (bounded by ``max_concurrency``). The
+parts, for apps that assemble their own pipeline, are importable from here too. Names load on
+first use, so ``import ragkit`` (and ``ragkit --help``) stays instant.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ragkit.aio import aask, aindex, asearch
     from ragkit.answerer import Answer, Citation
     from ragkit.chat import ChatModel, ChatResult, OpenAIChatModel
     from ragkit.chunking import Chunk, chunk_document
     from ragkit.config import Settings
+    from ragkit.conversation import Turn
     from ragkit.documents import Document, Skipped, discover, load_document
     from ragkit.embedders import Embedder, make_embedder
     from ragkit.embedders.local import LocalEmbedder
@@ -31,9 +34,9 @@ if TYPE_CHECKING:
         QuotaError,
         RagkitError,
     )
-    from ragkit.pipeline import IndexReport, IndexStatus, ask, index, search, status
+    from ragkit.pipeline import IndexReport, IndexStatus, ask, doctor, index, search, status
     from ragkit.retriever import Hit
-    from ragkit.store import Store
+    from ragkit.store import HealthReport, Problem, Store
 
 __version__ = "0.1.0"
 
@@ -42,6 +45,11 @@ _EXPORTS = {
     "search": "ragkit.pipeline",
     "ask": "ragkit.pipeline",
     "status": "ragkit.pipeline",
+    "doctor": "ragkit.pipeline",
+    "aask": "ragkit.aio",
+    "asearch": "ragkit.aio",
+    "aindex": "ragkit.aio",
+    "Turn": "ragkit.conversation",
     "IndexReport": "ragkit.pipeline",
     "IndexStatus": "ragkit.pipeline",
     "Settings": "ragkit.config",
@@ -56,6 +64,8 @@ _EXPORTS = {
     "LocalEmbedder": "ragkit.embedders.local",
     "OpenAIEmbedder": "ragkit.embedders.openai",
     "Store": "ragkit.store",
+    "HealthReport": "ragkit.store",
+    "Problem": "ragkit.store",
     "Hit": "ragkit.retriever",
     "Answer": "ragkit.answerer",
     "Citation": "ragkit.answerer",
@@ -74,7 +84,50 @@ _EXPORTS = {
     "ChatError": "ragkit.errors",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "Answer",
+    "ChatError",
+    "ChatModel",
+    "ChatResult",
+    "Chunk",
+    "Citation",
+    "ConfigError",
+    "Document",
+    "Embedder",
+    "EmbeddingError",
+    "HealthReport",
+    "Hit",
+    "IndexLockedError",
+    "IndexMismatchError",
+    "IndexNotFoundError",
+    "IndexReport",
+    "IndexStatus",
+    "LoadError",
+    "LocalEmbedder",
+    "OpenAIChatModel",
+    "OpenAIEmbedder",
+    "Problem",
+    "QueryError",
+    "QuotaError",
+    "RagkitError",
+    "Settings",
+    "Skipped",
+    "Store",
+    "Turn",
+    "aask",
+    "aindex",
+    "asearch",
+    "ask",
+    "chunk_document",
+    "discover",
+    "doctor",
+    "index",
+    "load_document",
+    "make_embedder",
+    "search",
+    "status",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

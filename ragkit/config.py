@@ -8,6 +8,7 @@ module; components take explicit arguments.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -48,6 +49,16 @@ class Settings:
     max_file_mb: float = 50.0  # files larger than this are skipped
     llm: bool | None = None  # None = use the chat model when OpenAI is configured
     chat_model: str = DEFAULT_CHAT_MODEL
+    # Chat request parameters; None leaves each to ragkit's choice for the model family
+    # (temperature 0 for classic models; reasoning models get no sampling parameters at all).
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None  # sent as max_completion_tokens to reasoning models
+    seed: int | None = None
+    stop: tuple[str, ...] | None = None  # RAGKIT_STOP: one sequence, or a JSON list of up to 4
+    reasoning_effort: str | None = None  # reasoning models only: minimal, low, medium, high
+    chat_history_tokens: int = 2000  # earlier turns kept by `ragkit chat` (oldest dropped first)
+    max_concurrency: int = 4  # async API: most calls running at once (aask, asearch, aindex)
     # Keys are kept out of repr() so that a logged Settings never shows one.
     openai_api_key: str | None = field(default=None, repr=False)  # also read from OPENAI_API_KEY
     openai_base_url: str | None = None  # also read from OPENAI_BASE_URL
@@ -62,7 +73,7 @@ class Settings:
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from keyword overrides, then RAGKIT_* (and OPENAI_*) variables, then defaults."""
+        """Settings from keyword overrides, then RAGKIT_* (or OPENAI_*) variables, then defaults."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -108,16 +119,37 @@ class Settings:
             raise ConfigError(f"chunk_tokens must be at least 16 (got {self.chunk_tokens})")
         if not 0 <= self.chunk_overlap < self.chunk_tokens // 2:
             raise ConfigError(
-                f"chunk_overlap must be between 0 and half of chunk_tokens (got {self.chunk_overlap})"
+                "chunk_overlap must be between 0 and half of chunk_tokens"
+                f" (got {self.chunk_overlap})"
             )
         if self.openai_concurrency < 1:
-            raise ConfigError(f"openai_concurrency must be at least 1 (got {self.openai_concurrency})")
+            raise ConfigError(
+                f"openai_concurrency must be at least 1 (got {self.openai_concurrency})"
+            )
         if self.openai_timeout <= 0:
-            raise ConfigError(f"openai_timeout must be positive seconds (got {self.openai_timeout})")
+            raise ConfigError(
+                f"openai_timeout must be positive seconds (got {self.openai_timeout})"
+            )
         if self.openai_max_retries < 0:
-            raise ConfigError(f"openai_max_retries must be 0 or more (got {self.openai_max_retries})")
+            raise ConfigError(
+                f"openai_max_retries must be 0 or more (got {self.openai_max_retries})"
+            )
         if self.max_file_mb <= 0:
             raise ConfigError(f"max_file_mb must be positive (got {self.max_file_mb})")
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise ConfigError(f"temperature must be between 0 and 2 (got {self.temperature})")
+        if self.top_p is not None and not 0 <= self.top_p <= 1:
+            raise ConfigError(f"top_p must be between 0 and 1 (got {self.top_p})")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1 (got {self.max_tokens})")
+        if self.stop is not None and (len(self.stop) > 4 or not all(self.stop)):
+            raise ConfigError(f"stop takes 1 to 4 non-empty sequences (got {list(self.stop)})")
+        if self.chat_history_tokens < 0:
+            raise ConfigError(
+                f"chat_history_tokens must be 0 or more (got {self.chat_history_tokens})"
+            )
+        if self.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be at least 1 (got {self.max_concurrency})")
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:
@@ -136,6 +168,16 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
             return float(raw)
         if text.startswith("Path"):
             return Path(raw)
+        if text.startswith("tuple"):
+            # A JSON list for several values, else the whole string is the one value.
+            if raw.lstrip().startswith("["):
+                items = json.loads(raw)
+                if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                    raise ValueError(raw)
+                return tuple(items)
+            return (raw,)
     except ValueError:
-        raise ConfigError(f"RAGKIT_{name.upper()}={raw!r} is not a valid {text.split(' ')[0]}") from None
+        raise ConfigError(
+            f"RAGKIT_{name.upper()}={raw!r} is not a valid {text.split(' | ')[0]}"
+        ) from None
     return raw

@@ -40,7 +40,7 @@ def make_client(
     timeout: float = 60.0,
     max_retries: int = 2,
 ) -> openai.OpenAI:
-    """An OpenAI (or Azure OpenAI) client; a base URL alone is enough (local servers rarely check keys).
+    """An OpenAI or Azure OpenAI client; a base URL alone will do (local servers rarely check keys).
 
     With ``azure_endpoint`` the client is an ``AzureOpenAI`` one: each request's ``model`` is
     the name of the Azure deployment that serves it.

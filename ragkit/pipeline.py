@@ -1,24 +1,27 @@
 """The whole flow in one place: files -> documents -> chunks -> vectors -> index -> hits -> answer.
 
 ``index(path)`` brings an index in line with a folder: new and changed files are loaded,
-chunked and embedded batch by batch (each batch committed as it completes), deleted files are
-removed, renamed files re-pointed, and the FAISS file is rebuilt from SQLite. ``search`` and
-``ask`` always use the embedder recorded in the index.
+chunked and committed one by one, then embedded batch by batch (each batch committed as it
+completes); deleted files are removed, renamed files re-pointed, and the FAISS file is rebuilt
+from SQLite. ``search`` and ``ask`` always use the embedder recorded in the index; ``doctor``
+checks (and repairs) the index's files.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ragkit.answerer import DEFAULT_ABSTAIN_BELOW, Answer, extractive_answer, llm_answer
+from ragkit.chat import ChatModel, OpenAIChatModel
 from ragkit.chunking import chunk_document
 from ragkit.config import Settings
-from ragkit.documents import Document, Skipped, discover, load_document, relative_path
+from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
+from ragkit.documents import Skipped, discover, load_document, relative_path
 from ragkit.embedders import (
     Embedder,
     embed_batches,
@@ -29,7 +32,7 @@ from ragkit.embedders import (
 from ragkit.errors import ConfigError, IndexMismatchError, LoadError, RagkitError
 from ragkit.retriever import Hit, check_query
 from ragkit.retriever import search as dense_search
-from ragkit.store import Store, text_hash
+from ragkit.store import HealthReport, Problem, Store, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,11 @@ class IndexStatus:
     faiss_generation: int
     faiss_agrees: bool
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _under(path: str, folder: str) -> bool:
+    """True when ``path`` is ``folder`` or inside it (relative POSIX paths; "" is the root)."""
+    return folder in ("", ".") or path == folder or path.startswith(folder + "/")
 
 
 def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
@@ -185,38 +193,48 @@ def index(
             )
         store.set_source(source)
 
-        # 1. Which files are there, and which changed since the last run.
+        # 1. Which files are there. A failure to look (unlistable folder, broken link) is not a
+        # deletion: what is indexed under it stays.
         note("scan", 0, 0)
-        files, skipped = discover(
+        files, passed_over = discover(
             root,
             exclude=[Path(settings.index_dir)],
             max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
         )
+        skipped = [s for s in passed_over if not s.failed]
+        failed = [s for s in passed_over if s.failed]
         known = store.documents()
         present = {relative_path(f, root): f for f in files}
+        kept = {p for p in known if any(_under(p, s.path) for s in failed)}
+        gone = {p: r for p, r in known.items() if p not in present and p not in kept}
+        # Renames: a new path whose bytes match a document whose path is gone.
+        by_hash = {r.sha256: p for p, r in gone.items()}
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         added: list[str] = []
         changed: list[str] = []
         moved: list[tuple[str, str]] = []
-        failed: list[Skipped] = []
         warnings: list[tuple[str, str]] = []
         unchanged = reused = 0
-        loaded: list[tuple[Document, bool]] = []  # (document, is new)
 
+        # 2. Load what is new or changed (size and mtime say which; the content hash decides),
+        # committing each document with its chunks; unchanged chunk texts keep their vectors.
         for done, (rel, file) in enumerate(present.items(), start=1):
             note("load", done, len(present))
             row = known.get(rel)
             try:
                 stat = file.stat()
-                if row and row.status == "indexed" and (row.size, row.mtime) == (
-                    stat.st_size,
-                    stat.st_mtime,
-                ):
+                size_mtime = (stat.st_size, stat.st_mtime)
+                if row and row.status == "indexed" and (row.size, row.mtime) == size_mtime:
                     unchanged += 1  # fast path: size and mtime unchanged
                     continue
                 doc = load_document(file, root)
             except LoadError as exc:
-                (failed if exc.failed else skipped).append(Skipped(rel, exc.reason, exc.failed))
+                if exc.failed:  # the indexed version, if any, stays searchable
+                    failed.append(Skipped(rel, exc.reason, True))
+                else:  # now empty, binary...: nothing of it belongs in the index any more
+                    skipped.append(Skipped(rel, exc.reason, False))
+                    if row:
+                        gone[rel] = row
                 continue
             except OSError as exc:
                 failed.append(Skipped(rel, f"unreadable: {exc.strerror or exc}", True))
@@ -228,23 +246,12 @@ def index(
                 store.touch_document(rel, mtime=doc.mtime)
                 unchanged += 1
                 continue
-            loaded.append((doc, row is None))
-
-        # 2. Renames: a new path whose bytes match a document whose path is gone.
-        gone = {p: r for p, r in known.items() if p not in present}
-        by_hash = {r.sha256: p for p, r in gone.items() if r.status == "indexed"}
-        for doc, is_new in list(loaded):
-            old = by_hash.pop(doc.sha256, None) if is_new else None
+            old = by_hash.pop(doc.sha256, None) if row is None else None
             if old is not None:
                 store.move_document(old, doc.path, mtime=doc.mtime)
                 moved.append((old, doc.path))
                 del gone[old]
-                loaded.remove((doc, is_new))
-        removed = sorted(gone)
-        store.remove_documents(removed)
-
-        # 3. Chunk what is new or changed; unchanged chunk texts keep their vectors.
-        for doc, is_new in loaded:
+                continue
             chunks = chunk_document(
                 doc, embedder.count_tokens, max_tokens=max_tokens, overlap=settings.chunk_overlap
             )
@@ -259,7 +266,11 @@ def index(
                 chunks=chunks,
             )
             reused += reused_here
-            (added if is_new else changed).append(doc.path)
+            (changed if row else added).append(doc.path)
+
+        # 3. Remove what is gone, after the loads above could take over its vectors.
+        removed = sorted(gone)
+        store.remove_documents(removed)
 
         # 4. Embed every chunk still without a vector, committing batch by batch.
         pending = store.pending()
@@ -276,10 +287,18 @@ def index(
             tokens += batch_tokens
             note("embed", embedded, len(pending))
 
-        # 5. Derive the FAISS file from SQLite when anything changed (or it disagrees).
-        if embedded or removed or loaded or moved or not store.vectors_agree():
-            store.save_vectors()
+        # 5. Derive the FAISS file from SQLite when anything changed, or when a killed run left
+        # it (or the manifest's count of it) behind.
         counts = store.counts()
+        if (
+            embedded
+            or removed
+            or added
+            or changed
+            or store.manifest.faiss_count != counts["vectors"]
+            or not store.vectors_agree()
+        ):
+            store.save_vectors()
         return IndexReport(
             index=str(settings.index_path),
             embedder=store.manifest.embedder_spec,
@@ -302,7 +321,7 @@ def index(
 
 
 def _estimate(root: Path, source: str, settings: Settings, started: float) -> IndexReport:
-    """What ``index`` would do (``--dry-run``): load and chunk as it would, embed and write nothing."""
+    """What ``index`` would do (``--dry-run``): load and chunk, but embed and write nothing."""
     store: Store | None = None
     if Store.exists(settings.index_path):
         store, embedder = open_index(settings, count_only=True)
@@ -315,36 +334,41 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
                 f"index {settings.index} mirrors {store.manifest.source}, not {source}:"
                 f" re-index that folder, or pass --index NEW_NAME for this one"
             )
-        files, skipped = discover(
+        files, passed_over = discover(
             root,
             exclude=[Path(settings.index_dir)],
             max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
         )
+        skipped = [s for s in passed_over if not s.failed]
+        failed = [s for s in passed_over if s.failed]
         known = store.documents() if store is not None else {}
         present = {relative_path(f, root): f for f in files}
-        by_hash = {r.sha256: p for p, r in known.items() if p not in present and r.status == "indexed"}
+        kept = {p for p in known if any(_under(p, s.path) for s in failed)}
+        gone = {p: r for p, r in known.items() if p not in present and p not in kept}
+        by_hash = {r.sha256: p for p, r in gone.items()}
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         added: list[str] = []
         changed: list[str] = []
         moved: list[tuple[str, str]] = []
-        failed: list[Skipped] = []
         warnings: list[tuple[str, str]] = []
-        unchanged = to_embed = reused = tokens = chunks = 0
-        kept: set[str] = set()  # unchanged documents: a run embeds their chunks still missing vectors
+        unchanged = to_embed = reused = tokens = new_chunks = 0
+        same: set[str] = set()  # unchanged bytes: a run embeds their chunks still without vectors
         for rel, file in present.items():
             row = known.get(rel)
             try:
                 stat = file.stat()
-                if row and row.status == "indexed" and (row.size, row.mtime) == (
-                    stat.st_size,
-                    stat.st_mtime,
-                ):
+                size_mtime = (stat.st_size, stat.st_mtime)
+                if row and row.status == "indexed" and (row.size, row.mtime) == size_mtime:
                     unchanged += 1
-                    chunks += row.chunks
                     continue
                 doc = load_document(file, root)
             except LoadError as exc:
-                (failed if exc.failed else skipped).append(Skipped(rel, exc.reason, exc.failed))
+                if exc.failed:
+                    failed.append(Skipped(rel, exc.reason, True))
+                else:
+                    skipped.append(Skipped(rel, exc.reason, False))
+                    if row:
+                        gone[rel] = row
                 continue
             except OSError as exc:
                 failed.append(Skipped(rel, f"unreadable: {exc.strerror or exc}", True))
@@ -352,45 +376,53 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
             warnings.extend((rel, w) for w in doc.warnings)
             if row and row.sha256 == doc.sha256:
                 unchanged += 1
-                chunks += row.chunks
-                kept.add(rel)
+                same.add(rel)
                 continue
             old = by_hash.pop(doc.sha256, None) if row is None else None
             if old is not None:  # a rename keeps its vectors
                 moved.append((old, rel))
-                chunks += known[old].chunks
+                del gone[old]
                 continue
             pieces = chunk_document(
                 doc, embedder.count_tokens, max_tokens=max_tokens, overlap=settings.chunk_overlap
             )
-            # The embedding cache: chunk texts that already have a vector in this index.
-            hashes = [text_hash(c.text) for c in pieces]
-            cached = Store._cached_vectors(store.db.conn, hashes) if store is not None else {}
-            for piece, h in zip(pieces, hashes):
-                if h in cached:
+            cached: dict[str, bytes] = {}
+            if store is not None:  # the embedding cache: texts this model has already embedded
+                m = store.manifest
+                keys = [
+                    cache_key(c.text, embedder=m.embedder, model=m.model, dimension=m.dimension)
+                    for c in pieces
+                ]
+                cached = Store._cached_vectors(store.db.conn, keys)
+            else:
+                keys = [""] * len(pieces)
+            for piece, key in zip(pieces, keys, strict=True):
+                if key in cached:
                     reused += 1
                 else:
                     to_embed += 1
                     tokens += piece.tokens
-            chunks += len(pieces)
-            (added if row is None else changed).append(rel)
-        if store is not None and kept:
+            (changed if row else added).append(rel)
+            new_chunks += len(pieces)
+        if store is not None and same:
             waiting = store.pending()
             where = store.chunks([i for i, _, _ in waiting])
             for i, _, n in waiting:
-                if where[i].path in kept:
+                if where[i].path in same:
                     to_embed += 1
                     tokens += n
+        documents = len(known) - len(gone) + len(added)
+        staying = (r.chunks for p, r in known.items() if p not in gone and p not in changed)
+        chunks = sum(staying) + new_chunks
     finally:
         if store is not None:
             store.close()
-    gone = {old for old, _ in moved}
     return IndexReport(
         index=str(settings.index_path),
         embedder=f"{embedder.name}:{embedder.model}",
         added=tuple(added),
         changed=tuple(changed),
-        removed=tuple(sorted(p for p in known if p not in present and p not in gone)),
+        removed=tuple(sorted(gone)),
         moved=tuple(moved),
         unchanged=unchanged,
         skipped=tuple(skipped),
@@ -398,7 +430,7 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
         warnings=tuple(warnings),
         chunks_embedded=to_embed,
         chunks_reused=reused,
-        documents=unchanged + len(added) + len(changed) + len(moved),
+        documents=documents,
         chunks=chunks,
         tokens_embedded=tokens,
         seconds=time.perf_counter() - started,
@@ -428,32 +460,76 @@ def ask(
     settings: Settings | None = None,
     *,
     on_text: Callable[[str], None] | None = None,
+    history: Sequence[Turn] = (),
     **overrides: Any,
 ) -> Answer:
     """Answer ``question`` from the index, with numbered citations.
 
     Uses the chat model when OpenAI (or a compatible server) is configured, otherwise quotes the
-    most relevant sentences. ``on_text`` receives the LLM answer as it streams.
+    most relevant sentences. ``on_text`` receives the LLM answer as it streams. ``history`` holds
+    a conversation's earlier turns: the newest that fit ``chat_history_tokens`` go to the model,
+    and the previous question helps retrieval for follow-ups.
     """
     settings = _settings(settings, overrides)
     question = check_query(question)
+    history = fit_history(history, settings.chat_history_tokens)
+    use_llm = settings.openai_configured if settings.llm is None else settings.llm
+    queries = [question]
+    followup = followup_query(question, history)
+    # Only a model can tell a follow-up from a change of topic (an earlier question's words
+    # would make any new question look answerable), so extractive answers search the question
+    # alone.
+    if followup and use_llm:
+        queries.append(followup)
     store, embedder = open_index(settings)
     with store:
-        hits = dense_search(
-            store, embedder, question, k=settings.k, min_score=settings.min_score, path_glob=settings.path
-        )
+        found = [
+            dense_search(
+                store,
+                embedder,
+                q,
+                k=settings.k,
+                min_score=settings.min_score,
+                path_glob=settings.path,
+            )
+            for q in queries
+        ]
+    hits = merge_hits(found, settings.k)
     threshold = settings.abstain_below
     if threshold is None:
         threshold = DEFAULT_ABSTAIN_BELOW.get(embedder.name, 0.3)
-    use_llm = settings.openai_configured if settings.llm is None else settings.llm
     if not use_llm:
         return extractive_answer(question, hits, embedder, abstain_below=threshold)
-    from ragkit.chat import OpenAIChatModel
-    from ragkit.openai_client import make_client
+    return llm_answer(
+        question,
+        hits,
+        chat_model(settings),
+        abstain_below=threshold,
+        stream=on_text,
+        history=history,
+    )
 
-    # One client builder for OpenAI, compatible servers and Azure (where the model names a deployment).
-    chat = OpenAIChatModel(settings.chat_model, client=make_client(**openai_credentials(settings)))
-    return llm_answer(question, hits, chat, abstain_below=threshold, stream=on_text)
+
+def chat_model(settings: Settings) -> ChatModel:
+    """The chat model ``settings`` describe, its request shaped for the model's family."""
+    client = None
+    if settings.azure_endpoint:
+        # Azure OpenAI through the SDK's Azure client; the chat model names the deployment.
+        from ragkit.openai_client import make_client
+
+        client = make_client(**openai_credentials(settings))
+    return OpenAIChatModel(
+        settings.chat_model,
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,
+        client=client,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_tokens=settings.max_tokens,
+        seed=settings.seed,
+        stop=settings.stop,
+        reasoning_effort=settings.reasoning_effort,
+    )
 
 
 def status(settings: Settings | None = None, **overrides: Any) -> IndexStatus:
@@ -479,3 +555,23 @@ def status(settings: Settings | None = None, **overrides: Any) -> IndexStatus:
             faiss_generation=m.faiss_generation,
             faiss_agrees=store.vectors_agree(),
         )
+
+
+def doctor(
+    settings: Settings | None = None, *, repair: bool = False, wait: bool = False, **overrides: Any
+) -> HealthReport:
+    """Check that the index's parts agree (FAISS, SQLite, keyword index, manifest); ``repair`` fixes
+    what can be fixed without the source files. Embedding what is missing is ``index``'s job."""
+    settings = _settings(settings, overrides)
+    try:
+        store = Store.open(settings.index_path)
+    except IndexMismatchError as exc:  # a manifest that names no embedder, or another schema
+        return HealthReport(
+            index=str(settings.index_path),
+            problems=(Problem("manifest", str(exc), "build a new index", repairable=False),),
+        )
+    with store:
+        if not repair:
+            return store.check()
+        store.lock(wait=wait)
+        return store.repair()

@@ -56,11 +56,11 @@ def search(
         return []
     vector = embedder.embed([query])
     scores, ids = store.search_vectors(vector, k, allowed=allowed)
-    pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+    pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
     if min_score is not None:
         pairs = [(s, i) for s, i in pairs if s >= min_score]
     rows = store.chunks([i for _, i in pairs])
-    hits = []
+    hits: list[Hit] = []
     for score, chunk_id in pairs:
         row = rows.get(chunk_id)
         if row is None:  # deleted since the FAISS file was written

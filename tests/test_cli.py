@@ -43,13 +43,26 @@ def test_search_json_schema(indexed):
     assert data["query"] == "helmet brakes"
     assert [h["rank"] for h in data["hits"]] == [1, 2]
     for hit in data["hits"]:
-        assert set(hit) == {"rank", "score", "path", "page", "start_line", "end_line", "heading", "text"}
+        assert set(hit) == {
+            "rank",
+            "score",
+            "path",
+            "page",
+            "start_line",
+            "end_line",
+            "heading",
+            "text",
+        }
         assert isinstance(hit["score"], float) and hit["start_line"] <= hit["end_line"]
     assert data["hits"][0]["path"] == "notes/safety.md" and data["hits"][0]["heading"] == "Safety"
 
 
 def test_ask_json_schema(indexed):
-    result = runner.invoke(app, ["ask", "how many days can bikes be returned with the receipt", "--json"], env={"RAGKIT_ABSTAIN_BELOW": "0.1"})
+    result = runner.invoke(
+        app,
+        ["ask", "how many days can bikes be returned with the receipt", "--json"],
+        env={"RAGKIT_ABSTAIN_BELOW": "0.1"},
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(data) >= {"question", "answer", "mode", "model", "abstained", "citations"}
@@ -65,12 +78,19 @@ def test_ask_abstains_with_exit_code_2(indexed):
     assert json.loads(result.stdout)["abstained"] is True
 
 
-def _ragkit(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _ragkit(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RAGKIT_"))}
     full_env["PYTHONPATH"] = str(ROOT)
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "ragkit", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "ragkit", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -96,7 +116,9 @@ def test_empty_query_is_refused(tmp_path):
     (tmp_path / "docs" / "a.txt").write_text("some words about bicycles and their wheels")
     assert _ragkit("index", "docs", cwd=tmp_path).returncode == 0
     proc = _ragkit("search", "   ", cwd=tmp_path)
-    assert proc.returncode == 1 and "query is empty" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 1 and "query is empty" in proc.stderr and "Traceback" not in proc.stderr
+    )
 
 
 def test_end_to_end_offline_with_the_local_model(tmp_path):

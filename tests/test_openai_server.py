@@ -394,6 +394,15 @@ def test_slow_response_times_out_on_the_client(openai_server) -> None:
     # The server's sleeping handler is woken by teardown: the fixture must not take 30 s.
 
 
+def test_latency_applies_to_every_response(openai_server) -> None:
+    openai_server.config.latency = 30
+    with pytest.raises(openai.APITimeoutError):
+        client(openai_server, timeout=0.3).models.list()
+    openai_server.reset()
+    ids = {m.id for m in client(openai_server, timeout=5).models.list()}
+    assert {"gpt-4o-mini", "o3", SMALL} <= ids
+
+
 def test_dropped_connection_is_a_connection_error(openai_server) -> None:
     openai_server.config.inject(Fault("drop"), Fault("drop", keep_fraction=0))
     c = client(openai_server)
@@ -557,14 +566,16 @@ def test_concurrent_requests_are_all_served_and_logged(openai_server) -> None:
 
 def test_close_ends_every_thread_even_with_sleeping_and_idle_connections() -> None:
     server = OpenAITestServer().start()
-    c = client(server, timeout=0.3)
-    c.embeddings.create(model=SMALL, input="keep-alive connection stays open")
+    idle = client(server)
+    idle.embeddings.create(model=SMALL, input="this keep-alive connection stays open")
     server.config.inject(Fault("timeout", delay=60))
     with pytest.raises(openai.APITimeoutError):
-        c.embeddings.create(model=SMALL, input="x")
-    assert any(True for _ in iter_threads())
-    server.close()
+        client(server, timeout=0.3).embeddings.create(model=SMALL, input="x")
+    # One handler waits on the idle connection, one sleeps in the timeout fault.
+    assert len([t for t in iter_threads() if t.name.endswith("-conn")]) == 2
+    server.close()  # raises if a thread is still alive after 5 s
     assert list(iter_threads()) == []
+    idle.close()
 
 
 def test_standalone_server_prints_its_url_and_stops_on_sigterm() -> None:

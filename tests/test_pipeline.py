@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 import ragkit
-from ragkit.errors import ConfigError, IndexMismatchError, IndexNotFoundError, QueryError, RagkitError
+from ragkit.errors import (
+    ConfigError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    QueryError,
+    RagkitError,
+)
 from tests import fakes
 
 PAGES = {
@@ -42,7 +48,9 @@ def test_index_search_ask(tmp_path, settings):
     assert hits[0].path == "hours.txt" and hits[0].rank == 1
     assert hits[0].score >= hits[-1].score
 
-    answer = ragkit.ask("how many days to return bikes with the receipt", settings, abstain_below=0.1)
+    answer = ragkit.ask(
+        "how many days to return bikes with the receipt", settings, abstain_below=0.1
+    )
     assert answer.mode == "extractive" and not answer.abstained
     assert answer.citations[0].path == "returns.md"
     assert "30 days" in answer.text and "[1]" in answer.text

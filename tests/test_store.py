@@ -7,22 +7,43 @@ import pytest
 
 from ragkit.chunking import Chunk
 from ragkit.errors import IndexLockedError, IndexNotFoundError
-from ragkit.store import FAISS_NAME, Store
+from ragkit.store import FAISS_NAME, Store, _faiss_ids, cache_key
 from tests.fakes import BagOfWordsEmbedder
 
 
 def _chunks(texts: list[str]) -> list[Chunk]:
     return [
-        Chunk(ordinal=i, text=t, start_char=0, end_char=len(t), start_line=1, end_line=1, page=None, heading="", tokens=len(t.split()))
+        Chunk(
+            ordinal=i,
+            text=t,
+            start_char=0,
+            end_char=len(t),
+            start_line=1,
+            end_line=1,
+            page=None,
+            heading="",
+            tokens=len(t.split()),
+        )
         for i, t in enumerate(texts)
     ]
 
 
 def _filled(tmp_path, texts_by_path):
     emb = BagOfWordsEmbedder()
-    store = Store.create(tmp_path / "ix", embedder=emb.name, model=emb.model, dimension=emb.dimension)
+    store = Store.create(
+        tmp_path / "ix", embedder=emb.name, model=emb.model, dimension=emb.dimension
+    )
     for path, texts in texts_by_path.items():
-        store.put_document(path=path, sha256=path, size=1, mtime=1.0, kind="text", pages=0, warnings=(), chunks=_chunks(texts))
+        store.put_document(
+            path=path,
+            sha256=path,
+            size=1,
+            mtime=1.0,
+            kind="text",
+            pages=0,
+            warnings=(),
+            chunks=_chunks(texts),
+        )
     pending = store.pending()
     store.set_vectors([i for i, _, _ in pending], emb.embed([t for _, t, _ in pending]), 7)
     store.save_vectors()
@@ -51,7 +72,13 @@ def test_faiss_ids_are_sqlite_chunk_ids(tmp_path):
 
 
 def test_reopened_store_gives_identical_results(tmp_path):
-    store, emb = _filled(tmp_path, {"a.txt": ["red apples and pears", "green pears"], "b.txt": ["blue sky at night", "red sky"]})
+    store, emb = _filled(
+        tmp_path,
+        {
+            "a.txt": ["red apples and pears", "green pears"],
+            "b.txt": ["blue sky at night", "red sky"],
+        },
+    )
     q = emb.embed(["red sky"])
     before = store.search_vectors(q, 4)
     store.close()
@@ -76,7 +103,16 @@ def test_faiss_rebuilt_from_sqlite_when_they_disagree(tmp_path):
 
 def test_replacing_a_document_reuses_vectors_of_unchanged_text(tmp_path):
     store, _ = _filled(tmp_path, {"a.txt": ["one two", "three four"]})
-    missing, reused = store.put_document(path="a.txt", sha256="x", size=2, mtime=2.0, kind="text", pages=0, warnings=(), chunks=_chunks(["one two", "five six"]))
+    missing, reused = store.put_document(
+        path="a.txt",
+        sha256="x",
+        size=2,
+        mtime=2.0,
+        kind="text",
+        pages=0,
+        warnings=(),
+        chunks=_chunks(["one two", "five six"]),
+    )
     assert (missing, reused) == (1, 1)
     assert [t for _, t, _ in store.pending()] == ["five six"]
     assert store.documents()["a.txt"].status == "pending"
@@ -98,10 +134,63 @@ def test_fts_follows_chunk_changes(tmp_path):
     store, _ = _filled(tmp_path, {"a.txt": ["zebra crossing"], "b.txt": ["lion king"]})
 
     def fts(word: str) -> int:
-        return store.db.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (word,)).fetchone()[0]
+        return store.db.conn.execute(
+            "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (word,)
+        ).fetchone()[0]
 
     assert fts("zebra") == 1
     store.remove_documents(["a.txt"])
     assert fts("zebra") == 0 and fts("lion") == 1
-    store.put_document(path="b.txt", sha256="y", size=1, mtime=1.0, kind="text", pages=0, warnings=(), chunks=_chunks(["tiger stripes"]))
+    store.put_document(
+        path="b.txt",
+        sha256="y",
+        size=1,
+        mtime=1.0,
+        kind="text",
+        pages=0,
+        warnings=(),
+        chunks=_chunks(["tiger stripes"]),
+    )
     assert fts("lion") == 0 and fts("tiger") == 1
+
+
+def test_the_cache_key_names_embedder_model_and_dimension(tmp_path):
+    text = "the same words"
+    keys = {
+        cache_key(text, embedder="bow", model="hash-256", dimension=256),
+        cache_key(text, embedder="bow", model="hash-512", dimension=256),
+        cache_key(text, embedder="bow", model="hash-256", dimension=128),
+        cache_key(text, embedder="local", model="hash-256", dimension=256),
+    }
+    assert len(keys) == 4
+    store, _ = _filled(tmp_path, {"a.txt": [text]})
+    stored = store.db.conn.execute("SELECT cache_key FROM chunks").fetchone()[0]
+    assert stored == cache_key(text, embedder="bow", model="hash-256", dimension=256)
+    store.close()
+
+
+def test_a_crash_before_faiss_is_saved_never_serves_a_stale_vector(tmp_path):
+    """Chunk ids are never reused, so a FAISS file from before the crash cannot pass for current."""
+    store, emb = _filled(tmp_path, {"a.txt": ["red apples"], "b.txt": ["blue whales"]})
+    # b.txt holds the highest chunk id. Replace it and store its vector, then "crash" before
+    # save_vectors: the FAISS file still has the old vector under the old id.
+    store.put_document(
+        path="b.txt",
+        sha256="b2",
+        size=1,
+        mtime=2.0,
+        kind="text",
+        pages=0,
+        warnings=(),
+        chunks=_chunks(["green frogs"]),
+    )
+    pending = store.pending()
+    store.set_vectors([i for i, _, _ in pending], emb.embed([t for _, t, _ in pending]))
+    store.close()
+
+    again = Store.open(tmp_path / "ix")
+    scores, ids = again.search_vectors(emb.embed(["green frogs"]), 1)
+    assert again.chunks([int(ids[0][0])])[int(ids[0][0])].text == "green frogs"
+    assert scores[0][0] == pytest.approx(1.0, abs=1e-5)
+    assert np.array_equal(_faiss_ids(again.faiss_index()), again.chunk_ids())
+    again.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -13,13 +13,25 @@ from numpy.typing import NDArray
 class Embedder(Protocol):
     """Turns a batch of texts into a float32 matrix of unit vectors, one row per text."""
 
-    name: str  # provider: "local", "openai", or a user's own
-    model: str  # model identifier as the provider knows it
-    max_tokens: int  # most tokens one input may hold, special tokens excluded
+    # Read-only members: plain class attributes satisfy them as well as properties do.
+    @property
+    def name(self) -> str:
+        """Provider: "local", "openai", or a user's own."""
+        ...
+
+    @property
+    def model(self) -> str:
+        """Model identifier as the provider knows it."""
+        ...
 
     @property
     def dimension(self) -> int:
-        """Length of every vector (a plain attribute fits too)."""
+        """Length of every vector."""
+        ...
+
+    @property
+    def max_tokens(self) -> int:
+        """Most tokens one input may hold, special tokens excluded."""
         ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -33,7 +45,7 @@ class Embedder(Protocol):
 
 # provider name -> factory(model or None, options) -> Embedder. "local" and "openai" are built in;
 # apps and tests add their own with register_embedder.
-EmbedderFactory = Callable[[Optional[str], Mapping[str, Any]], Embedder]
+EmbedderFactory = Callable[[str | None, Mapping[str, Any]], Embedder]
 _FACTORIES: dict[str, EmbedderFactory] = {}
 
 
@@ -92,7 +104,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def make_embedder(spec: str, **options: Any) -> Embedder:
-    """The embedder a spec names (``local``, ``openai``, ``openai:MODEL``); options go to its factory."""
+    """The embedder a spec names (``local``, ``openai``, ``openai:MODEL``), built by its factory."""
     provider, model = parse_spec(spec)
     return _FACTORIES[provider](model, options)
 
@@ -100,7 +112,7 @@ def make_embedder(spec: str, **options: Any) -> Embedder:
 def embed_batches(
     embedder: Embedder, texts: Sequence[str], batch_size: int
 ) -> Iterator[tuple[NDArray[np.intp], NDArray[np.float32], int | None]]:
-    """Yield (positions, vectors, tokens used) batch by batch, so each can be stored as it completes.
+    """Yield (positions, vectors, tokens used) batch by batch, to store each as it completes.
 
     An embedder with its own ``embed_batches`` (concurrent, token-packed requests) is used as
     is; it may yield (positions, vectors) or (positions, vectors, tokens used). Tokens used is

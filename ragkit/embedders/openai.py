@@ -104,7 +104,7 @@ def count_tokens(texts: Sequence[str]) -> list[int]:
 
 
 def split_text(text: str, limit: int) -> list[str]:
-    """``text`` cut into consecutive pieces of at most ``limit`` tokens (by :func:`count_tokens`)."""
+    """``text`` cut into consecutive pieces of at most ``limit`` tokens (as counted here)."""
     encoding = _encoding()
     if encoding is not None:
         ids = encoding.encode_ordinary(text)
@@ -333,13 +333,15 @@ class OpenAIEmbedder:
         counts = count_tokens(safe)
         pieces: list[_Piece] = []
         split = 0
-        for owner, (text, tokens) in enumerate(zip(safe, counts)):
+        for owner, (text, tokens) in enumerate(zip(safe, counts, strict=True)):
             if tokens <= INPUT_TOKEN_BUDGET:
                 pieces.append(_Piece(owner, text, tokens))
                 continue
             split += 1
             parts = split_text(text, INPUT_TOKEN_BUDGET)
-            pieces.extend(_Piece(owner, p, n) for p, n in zip(parts, count_tokens(parts)))
+            pieces.extend(
+                _Piece(owner, p, n) for p, n in zip(parts, count_tokens(parts), strict=True)
+            )
         if split:
             log.warning(
                 "%d text(s) longer than %d tokens were split into pieces; each one's vector is"
@@ -421,7 +423,8 @@ class OpenAIEmbedder:
                 if isinstance(error, openai.OpenAIError):
                     raise explain(error, what="embedding") from error
                 raise EmbeddingError(
-                    f"embedding failed: {error} (after {self.max_retries} retries); re-run to resume"
+                    f"embedding failed: {error} (after {self.max_retries} retries);"
+                    " re-run to resume"
                 ) from error
             delay = (
                 wait_for

