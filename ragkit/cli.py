@@ -196,6 +196,12 @@ def index(
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for another writer instead of failing.")
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Count files, chunks, tokens and cost; embed and write nothing."
+        ),
+    ] = False,
     as_json: AsJson = False,
     verbose: Verbose = False,
 ) -> None:
@@ -205,8 +211,9 @@ def index(
     _setup_logging(verbose)
     report = pipeline.index(
         path,
-        progress=None if as_json else _ProgressPrinter(),
+        progress=None if as_json or dry_run else _ProgressPrinter(),
         wait=wait,
+        dry_run=dry_run,
         index=index,
         index_dir=index_dir,
         embedder=embedder,
@@ -216,6 +223,8 @@ def index(
     )
     if as_json:
         typer.echo(json.dumps(_report_json(report), indent=2, ensure_ascii=False))
+    elif dry_run:
+        _print_estimate(report)
     else:
         _print_report(report)
     if not report.ok:
@@ -246,6 +255,28 @@ def _print_report(report: IndexReport) -> None:
         f" {report.documents} documents, {report.chunks} chunks in the index;"
         f" {report.seconds:.1f} s"
     )
+    if report.tokens_embedded and report.cost_usd:
+        _err(
+            f"{report.tokens_embedded} tokens embedded, about ${report.cost_usd:.4f} at list price"
+        )
+
+
+def _print_estimate(report: IndexReport) -> None:
+    for item in report.failed:
+        _err(f"would fail: {item.path}: {item.reason}")
+    files = len(report.added) + len(report.changed)
+    cost = f"${report.cost_usd:.4f}" if report.cost_usd is not None else "unknown (no price known)"
+    typer.echo(
+        f"dry run for {report.index} [{report.embedder}]: {files} files to embed"
+        f" ({len(report.added)} new, {len(report.changed)} changed),"
+        f" {len(report.removed)} to remove, {len(report.moved)} moved,"
+        f" {report.unchanged} unchanged, {len(report.skipped)} skipped"
+    )
+    typer.echo(
+        f"{report.chunks_embedded} chunks to embed ({report.chunks_reused} already embedded),"
+        f" {report.tokens_embedded} tokens; estimated cost {cost}"
+    )
+    typer.echo("nothing was embedded or written")
 
 
 def _location(page: int | None, start: int, end: int) -> str:

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,16 @@ from ragkit.errors import ConfigError
 
 DEFAULT_OPENAI_EMBEDDING_MODEL = "text-embedding-3-small"
 DEFAULT_CHAT_MODEL = "gpt-4o-mini"
+
+
+# Settings also read from the variables their providers' own tools use (RAGKIT_* comes first).
+_FALLBACK_ENV = {
+    "openai_api_key": "OPENAI_API_KEY",
+    "openai_base_url": "OPENAI_BASE_URL",
+    "azure_endpoint": "AZURE_OPENAI_ENDPOINT",
+    "azure_api_key": "AZURE_OPENAI_API_KEY",
+    "azure_api_version": "OPENAI_API_VERSION",
+}
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,16 @@ class Settings:
     reasoning_effort: str | None = None  # reasoning models only: minimal, low, medium, high
     chat_history_tokens: int = 2000  # earlier turns kept by `ragkit chat` (oldest dropped first)
     max_concurrency: int = 4  # async API: most calls running at once (aask, asearch, aindex)
-    openai_api_key: str | None = None  # also read from OPENAI_API_KEY
+    # Keys are kept out of repr() so that a logged Settings never shows one.
+    openai_api_key: str | None = field(default=None, repr=False)  # also read from OPENAI_API_KEY
     openai_base_url: str | None = None  # also read from OPENAI_BASE_URL
+    openai_concurrency: int = 4  # embedding requests in flight at once
+    openai_timeout: float = 60.0  # seconds before a request is abandoned (and retried)
+    openai_max_retries: int = 8  # retries of one request after transient errors
+    azure_endpoint: str | None = None  # also AZURE_OPENAI_ENDPOINT; selects Azure OpenAI
+    azure_api_key: str | None = field(default=None, repr=False)  # also AZURE_OPENAI_API_KEY
+    azure_api_version: str | None = None  # also OPENAI_API_VERSION
+    azure_deployment: str | None = None  # embedding deployment name [default: the model name]
     batch_size: int = 32  # texts per local embedding batch
 
     @classmethod
@@ -63,8 +81,8 @@ class Settings:
                 values[f.name] = overrides[f.name]
                 continue
             raw = env.get("RAGKIT_" + f.name.upper())
-            if raw is None and f.name.startswith("openai_"):
-                raw = env.get(f.name.upper())
+            if raw is None and f.name in _FALLBACK_ENV:
+                raw = env.get(_FALLBACK_ENV[f.name])
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, raw, f.type)
         unknown = set(overrides) - {f.name for f in fields(cls)}
@@ -85,8 +103,8 @@ class Settings:
 
     @property
     def openai_configured(self) -> bool:
-        """True when an OpenAI key or an OpenAI-compatible base URL is set."""
-        return bool(self.openai_api_key or self.openai_base_url)
+        """True when an OpenAI key, an OpenAI-compatible base URL or an Azure endpoint is set."""
+        return bool(self.openai_api_key or self.openai_base_url or self.azure_endpoint)
 
     def validate(self) -> None:
         """Refuse settings that cannot work, with a message naming the fix."""
@@ -103,6 +121,18 @@ class Settings:
             raise ConfigError(
                 "chunk_overlap must be between 0 and half of chunk_tokens"
                 f" (got {self.chunk_overlap})"
+            )
+        if self.openai_concurrency < 1:
+            raise ConfigError(
+                f"openai_concurrency must be at least 1 (got {self.openai_concurrency})"
+            )
+        if self.openai_timeout <= 0:
+            raise ConfigError(
+                f"openai_timeout must be positive seconds (got {self.openai_timeout})"
+            )
+        if self.openai_max_retries < 0:
+            raise ConfigError(
+                f"openai_max_retries must be 0 or more (got {self.openai_max_retries})"
             )
         if self.max_file_mb <= 0:
             raise ConfigError(f"max_file_mb must be positive (got {self.max_file_mb})")

@@ -22,11 +22,17 @@ from ragkit.chunking import chunk_document
 from ragkit.config import Settings
 from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
 from ragkit.documents import Skipped, discover, load_document, relative_path
-from ragkit.embedders import Embedder, embed_batches, make_embedder, parse_spec
+from ragkit.embedders import (
+    Embedder,
+    embed_batches,
+    make_embedder,
+    parse_spec,
+    price_per_million_tokens,
+)
 from ragkit.errors import ConfigError, IndexMismatchError, LoadError, RagkitError
 from ragkit.retriever import Hit, check_query
 from ragkit.retriever import search as dense_search
-from ragkit.store import HealthReport, Problem, Store
+from ragkit.store import HealthReport, Problem, Store, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,8 @@ class IndexReport:
     chunks: int = 0
     tokens_embedded: int = 0
     seconds: float = 0.0
-    dry_run: bool = False
+    dry_run: bool = False  # True: nothing was embedded or written; counts are what a run would do
+    cost_usd: float | None = None  # tokens_embedded at the model's list price; None if unknown
 
     @property
     def ok(self) -> bool:
@@ -93,16 +100,36 @@ def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
     return Settings.load(**overrides) if settings is None else settings.replace(**overrides)
 
 
-def _embedder(spec: str, settings: Settings) -> Embedder:
+def openai_credentials(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments ``make_client`` needs to reach OpenAI, a compatible server or Azure."""
+    return {
+        "api_key": settings.openai_api_key,
+        "base_url": settings.openai_base_url,
+        "azure_endpoint": settings.azure_endpoint,
+        "azure_api_key": settings.azure_api_key,
+        "azure_api_version": settings.azure_api_version,
+    }
+
+
+def _embedder(spec: str, settings: Settings, *, count_only: bool = False) -> Embedder:
     return make_embedder(
         spec,
-        api_key=settings.openai_api_key,
-        base_url=settings.openai_base_url,
+        **openai_credentials(settings),
+        azure_deployment=settings.azure_deployment,
+        concurrency=settings.openai_concurrency,
+        timeout=settings.openai_timeout,
+        max_retries=settings.openai_max_retries,
         batch_size=settings.batch_size,
+        count_only=count_only,  # a dry run counts tokens: no credentials needed
     )
 
 
-def open_index(settings: Settings) -> tuple[Store, Embedder]:
+def _cost(embedder: Embedder, tokens: int) -> float | None:
+    price = price_per_million_tokens(embedder)
+    return None if price is None else tokens * price / 1e6
+
+
+def open_index(settings: Settings, *, count_only: bool = False) -> tuple[Store, Embedder]:
     """The index named by ``settings`` and the embedder it was built with."""
     store = Store.open(settings.index_path)
     m = store.manifest
@@ -116,7 +143,7 @@ def open_index(settings: Settings) -> tuple[Store, Embedder]:
                 " or build a new index with --index NEW_NAME"
             )
     try:
-        return store, _embedder(m.embedder_spec, settings)
+        return store, _embedder(m.embedder_spec, settings, count_only=count_only)
     except BaseException:
         store.close()
         raise
@@ -128,9 +155,14 @@ def index(
     *,
     progress: Progress | None = None,
     wait: bool = False,
+    dry_run: bool = False,
     **overrides: Any,
 ) -> IndexReport:
-    """Bring the index in line with the files under ``path``; returns what changed."""
+    """Bring the index in line with the files under ``path``; returns what changed.
+
+    With ``dry_run`` nothing is embedded or written (no index is created): the report says what
+    a run would embed, how many tokens that is, and what it would cost.
+    """
     settings = _settings(settings, overrides)
     started = time.perf_counter()
     root = Path(path)
@@ -138,6 +170,8 @@ def index(
         raise RagkitError(f"no such file or folder: {path}")
     source = str(root.resolve())
     note = progress or (lambda stage, done, total: None)
+    if dry_run:
+        return _estimate(root, source, settings, started)
 
     if Store.exists(settings.index_path):
         store, embedder = open_index(settings)
@@ -243,8 +277,11 @@ def index(
         embedded = tokens = 0
         note("embed", 0, len(pending))
         texts = [t for _, t, _ in pending]
-        for positions, vectors in embed_batches(embedder, texts, max(settings.batch_size * 4, 64)):
-            batch_tokens = sum(pending[int(p)][2] for p in positions)
+        for positions, vectors, used in embed_batches(
+            embedder, texts, max(settings.batch_size * 4, 64)
+        ):
+            # The provider's own count when it reports one (what is billed), else ours.
+            batch_tokens = used if used is not None else sum(pending[int(p)][2] for p in positions)
             store.set_vectors([pending[int(p)][0] for p in positions], vectors, batch_tokens)
             embedded += len(positions)
             tokens += batch_tokens
@@ -279,7 +316,127 @@ def index(
             chunks=counts["chunks"],
             tokens_embedded=tokens,
             seconds=time.perf_counter() - started,
+            cost_usd=_cost(embedder, tokens),
         )
+
+
+def _estimate(root: Path, source: str, settings: Settings, started: float) -> IndexReport:
+    """What ``index`` would do (``--dry-run``): load and chunk, but embed and write nothing."""
+    store: Store | None = None
+    if Store.exists(settings.index_path):
+        store, embedder = open_index(settings, count_only=True)
+    else:
+        spec = settings.embedder or ("openai" if settings.openai_configured else "local")
+        embedder = _embedder(spec, settings, count_only=True)
+    try:
+        if store is not None and store.manifest.source and store.manifest.source != source:
+            raise ConfigError(
+                f"index {settings.index} mirrors {store.manifest.source}, not {source}:"
+                f" re-index that folder, or pass --index NEW_NAME for this one"
+            )
+        files, passed_over = discover(
+            root,
+            exclude=[Path(settings.index_dir)],
+            max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
+        )
+        skipped = [s for s in passed_over if not s.failed]
+        failed = [s for s in passed_over if s.failed]
+        known = store.documents() if store is not None else {}
+        present = {relative_path(f, root): f for f in files}
+        kept = {p for p in known if any(_under(p, s.path) for s in failed)}
+        gone = {p: r for p, r in known.items() if p not in present and p not in kept}
+        by_hash = {r.sha256: p for p, r in gone.items()}
+        max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
+        added: list[str] = []
+        changed: list[str] = []
+        moved: list[tuple[str, str]] = []
+        warnings: list[tuple[str, str]] = []
+        unchanged = to_embed = reused = tokens = new_chunks = 0
+        same: set[str] = set()  # unchanged bytes: a run embeds their chunks still without vectors
+        for rel, file in present.items():
+            row = known.get(rel)
+            try:
+                stat = file.stat()
+                size_mtime = (stat.st_size, stat.st_mtime)
+                if row and row.status == "indexed" and (row.size, row.mtime) == size_mtime:
+                    unchanged += 1
+                    continue
+                doc = load_document(file, root)
+            except LoadError as exc:
+                if exc.failed:
+                    failed.append(Skipped(rel, exc.reason, True))
+                else:
+                    skipped.append(Skipped(rel, exc.reason, False))
+                    if row:
+                        gone[rel] = row
+                continue
+            except OSError as exc:
+                failed.append(Skipped(rel, f"unreadable: {exc.strerror or exc}", True))
+                continue
+            warnings.extend((rel, w) for w in doc.warnings)
+            if row and row.sha256 == doc.sha256:
+                unchanged += 1
+                same.add(rel)
+                continue
+            old = by_hash.pop(doc.sha256, None) if row is None else None
+            if old is not None:  # a rename keeps its vectors
+                moved.append((old, rel))
+                del gone[old]
+                continue
+            pieces = chunk_document(
+                doc, embedder.count_tokens, max_tokens=max_tokens, overlap=settings.chunk_overlap
+            )
+            cached: dict[str, bytes] = {}
+            if store is not None:  # the embedding cache: texts this model has already embedded
+                m = store.manifest
+                keys = [
+                    cache_key(c.text, embedder=m.embedder, model=m.model, dimension=m.dimension)
+                    for c in pieces
+                ]
+                cached = Store._cached_vectors(store.db.conn, keys)
+            else:
+                keys = [""] * len(pieces)
+            for piece, key in zip(pieces, keys, strict=True):
+                if key in cached:
+                    reused += 1
+                else:
+                    to_embed += 1
+                    tokens += piece.tokens
+            (changed if row else added).append(rel)
+            new_chunks += len(pieces)
+        if store is not None and same:
+            waiting = store.pending()
+            where = store.chunks([i for i, _, _ in waiting])
+            for i, _, n in waiting:
+                if where[i].path in same:
+                    to_embed += 1
+                    tokens += n
+        documents = len(known) - len(gone) + len(added)
+        staying = (r.chunks for p, r in known.items() if p not in gone and p not in changed)
+        chunks = sum(staying) + new_chunks
+    finally:
+        if store is not None:
+            store.close()
+    return IndexReport(
+        index=str(settings.index_path),
+        embedder=f"{embedder.name}:{embedder.model}",
+        added=tuple(added),
+        changed=tuple(changed),
+        removed=tuple(sorted(gone)),
+        moved=tuple(moved),
+        unchanged=unchanged,
+        skipped=tuple(skipped),
+        failed=tuple(failed),
+        warnings=tuple(warnings),
+        chunks_embedded=to_embed,
+        chunks_reused=reused,
+        documents=documents,
+        chunks=chunks,
+        tokens_embedded=tokens,
+        seconds=time.perf_counter() - started,
+        dry_run=True,
+        cost_usd=_cost(embedder, tokens),
+    )
 
 
 def search(query: str, settings: Settings | None = None, **overrides: Any) -> list[Hit]:
@@ -355,10 +512,17 @@ def ask(
 
 def chat_model(settings: Settings) -> ChatModel:
     """The chat model ``settings`` describe, its request shaped for the model's family."""
+    client = None
+    if settings.azure_endpoint:
+        # Azure OpenAI through the SDK's Azure client; the chat model names the deployment.
+        from ragkit.openai_client import make_client
+
+        client = make_client(**openai_credentials(settings))
     return OpenAIChatModel(
         settings.chat_model,
         api_key=settings.openai_api_key,
         base_url=settings.openai_base_url,
+        client=client,
         temperature=settings.temperature,
         top_p=settings.top_p,
         max_tokens=settings.max_tokens,
