@@ -248,12 +248,12 @@ def _shared_client(api_key: str | None, base_url: str | None, max_retries: int) 
     """One client per endpoint and key, shared by every chat model and thread (the SDK's client
     is thread-safe): building one loads the CA bundle (~0.1 s), and sharing it keeps connections
     alive from one question to the next."""
-    return _without_quota_retries(
+    return without_quota_retries(
         make_client(api_key=api_key, base_url=base_url, max_retries=max_retries)
     )
 
 
-def _without_quota_retries(client: Any) -> Any:
+def without_quota_retries(client: Any) -> Any:
     """The same client, except that a 429 ``insufficient_quota`` is final: the SDK obeys a
     response's ``x-should-retry: false``, so one is added to such responses before it looks."""
     import openai

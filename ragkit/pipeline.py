@@ -515,9 +515,10 @@ def chat_model(settings: Settings) -> ChatModel:
     client = None
     if settings.azure_endpoint:
         # Azure OpenAI through the SDK's Azure client; the chat model names the deployment.
+        from ragkit.chat import without_quota_retries
         from ragkit.openai_client import make_client
 
-        client = make_client(**openai_credentials(settings))
+        client = without_quota_retries(make_client(**openai_credentials(settings)))
     return OpenAIChatModel(
         settings.chat_model,
         api_key=settings.openai_api_key,
