@@ -8,11 +8,10 @@ earlier answers are stripped before they are shown to the model again: they name
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ragkit.chat import Message
@@ -29,22 +28,11 @@ class Turn:
     answer: str
 
 
-@functools.lru_cache(maxsize=1)
-def _encoding() -> Any:
-    try:
-        import tiktoken
-
-        return tiktoken.get_encoding("cl100k_base")
-    except Exception:  # noqa: BLE001 - not installed, or its encoding cannot be downloaded
-        return None
-
-
 def count_tokens(text: str) -> int:
     """Tokens in ``text``: tiktoken's cl100k_base when it loads, else UTF-8 bytes (never fewer)."""
-    encoding = _encoding()
-    if encoding is None:
-        return len(text.encode("utf-8"))
-    return len(encoding.encode_ordinary(text))
+    from ragkit.embedders.openai import count_tokens as count_batch
+
+    return count_batch([text])[0]
 
 
 def fit_history(turns: Sequence[Turn], budget: int) -> tuple[Turn, ...]:

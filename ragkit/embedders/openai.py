@@ -81,18 +81,36 @@ _RETRY_STATUSES = frozenset({408, 409, 429})
 _CONNECT_FAILURES = ("ConnectError", "ConnectTimeout")  # httpx's names for "never got through"
 
 
+# tiktoken downloads its encoding on first use; on a network that drops packets rather than
+# refusing them that could hang, so the load gets this long before counting falls back to bytes.
+TIKTOKEN_LOAD_SECONDS = 5.0
+
+
 @functools.lru_cache(maxsize=1)
 def _encoding() -> Any:
-    """tiktoken's cl100k_base, or None when it cannot be loaded (offline, not installed)."""
-    try:
-        import tiktoken
+    """tiktoken's cl100k_base, or None when it cannot be loaded (offline, not installed, slow)."""
+    result: list[Any] = []
 
-        return tiktoken.get_encoding("cl100k_base")
-    except Exception as exc:  # noqa: BLE001 - any failure to load means "count conservatively"
-        log.info(
-            "tiktoken's cl100k_base unavailable (%s); counting UTF-8 bytes", type(exc).__name__
+    def load() -> None:
+        try:
+            import tiktoken
+
+            result.append(tiktoken.get_encoding("cl100k_base"))
+        except Exception as exc:  # noqa: BLE001 - any failure to load means "count conservatively"
+            log.info(
+                "tiktoken's cl100k_base unavailable (%s); counting UTF-8 bytes", type(exc).__name__
+            )
+
+    loader = threading.Thread(target=load, name="ragkit-tiktoken", daemon=True)
+    loader.start()
+    loader.join(TIKTOKEN_LOAD_SECONDS)
+    if loader.is_alive():
+        log.warning(
+            "tiktoken's cl100k_base did not load within %.0f s; counting UTF-8 bytes",
+            TIKTOKEN_LOAD_SECONDS,
         )
         return None
+    return result[0] if result else None
 
 
 def count_tokens(texts: Sequence[str]) -> list[int]:
