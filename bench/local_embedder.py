@@ -29,7 +29,20 @@ sys.path.insert(0, str(ROOT))
 
 from ragkit.embedders.local import LocalEmbedder, default_model_dir
 
-WORDS = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "they", "you", "were", "her", "she", "there", "been", "one", "all", "we", "their", "has", "would", "when", "if", "so", "no", "will", "more", "can", "who", "its", "out", "about", "up", "them", "some", "could", "what", "into", "than", "time", "only", "other", "new", "two", "may", "first", "these", "people", "any", "very", "after", "most", "made", "also", "many", "over", "such", "our", "years", "most", "where", "much", "between", "state", "should", "through", "well", "because", "system", "each", "those", "own", "while", "both", "under", "last", "world", "might", "must", "same", "data", "model", "search", "index", "query", "answer", "document", "file", "vector", "embedding", "token", "chunk", "score", "result", "server", "client", "request", "response", "network", "memory", "process", "thread", "cache", "storage", "disk", "error", "value", "function", "method", "class", "module", "package", "library", "version", "release", "build", "test", "review", "change", "update", "design", "language", "science", "history", "river", "mountain", "city", "village", "market", "company", "government", "policy", "research", "study", "evidence", "theory", "method", "analysis", "measure", "sample", "report", "paper", "journal", "author", "winter", "summer", "morning", "evening", "water", "light", "sound", "color", "music", "garden", "forest", "ocean", "island", "bridge"]
+VOCABULARY = """
+the of and to in is that for it as was with be by on not he this are or his from at which but
+have an they you were her she there been one all we their has would when if so no will more can
+who its out about up them some could what into than time only other new two may first these
+people any very after most made also many over such our years most where much between state
+should through well because system each those own while both under last world might must same
+data model search index query answer document file vector embedding token chunk score result
+server client request response network memory process thread cache storage disk error value
+function method class module package library version release build test review change update
+design language science history river mountain city village market company government policy
+research study evidence theory method analysis measure sample report paper journal author
+winter summer morning evening water light sound color music garden forest ocean island bridge
+"""
+WORDS = VOCABULARY.split()
 
 QUERY = "how do I rebuild the search index after changing the embedding model"
 
@@ -152,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if have_st:
         print(f"sentence-transformers model load in process: {st_load:.2f} s")
         st_name = list(runtimes)[-1]
-        numpy_name = list(runtimes)[0]
+        numpy_name = next(iter(runtimes))
         ours = np.asarray(local.embed(chunks))
         theirs = np.asarray(st.encode(chunks, batch_size=args.batch_size))
         print()

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,7 +46,11 @@ _LN_EPS = _F32(1e-12)
 
 # Rows of the packed token matrix pushed through the dense part of a layer at once: big enough
 # for BLAS to run near peak, small enough that the 1536-wide FFN activations stay in cache.
-_ROW_BLOCK = 256
+_ROW_BLOCK = 1024
+# GELU's dozen elementwise passes run on slices of this many rows, whose scratch arrays fit in L2.
+_GELU_ROWS = 64
+# Attention runs this many heads at a time, so their (L, L) score matrices stay in L2 cache.
+_HEAD_GROUP = 4
 
 # erfc(z) ~= t * P(t) * exp(-z*z), t = 1 / (1 + p*z), z >= 0 (Abramowitz & Stegun 7.1.26,
 # |error| <= 1.5e-7). Used at z = |x|/sqrt(2), with the 1/2 of Phi folded into the coefficients.
@@ -201,9 +205,9 @@ def _forward(w: _Weights, ids: NDArray[np.int64], lengths: NDArray[np.int64]) ->
     ctx = np.empty((n_tok, _HIDDEN), dtype=_F32)
     h = np.empty((rows, _HIDDEN), dtype=_F32)
     f = np.empty((rows, 4 * _HIDDEN), dtype=_F32)
-    scratch = [np.empty((rows, 4 * _HIDDEN), dtype=_F32) for _ in range(3)]
+    scratch = [np.empty((min(_GELU_ROWS, rows), 4 * _HIDDEN), dtype=_F32) for _ in range(3)]
     longest = int(lengths.max())
-    scores_buf = np.empty(_HEADS * longest * longest, dtype=_F32)
+    scores_buf = np.empty(_HEAD_GROUP * longest * longest, dtype=_F32)
     for layer in w.layers:
         qkv = x @ layer.qkv_w
         qkv += layer.qkv_b
@@ -219,7 +223,9 @@ def _forward(w: _Weights, ids: NDArray[np.int64], lengths: NDArray[np.int64]) ->
             _layer_norm(hb, layer.ln1_g, layer.ln1_b)
             np.matmul(hb, layer.ffn_in_w, out=fb)
             fb += layer.ffn_in_b
-            _gelu(fb, scratch[0][:m], scratch[1][:m], scratch[2][:m])
+            for g0 in range(0, m, _GELU_ROWS):
+                g1 = min(g0 + _GELU_ROWS, m)
+                _gelu(fb[g0:g1], *(a[: g1 - g0] for a in scratch))
             xb = x[r0:r1]
             np.matmul(fb, layer.ffn_out_w, out=xb)
             xb += layer.ffn_out_b
@@ -249,17 +255,21 @@ def _attend(qkv: _FloatArray, out: _FloatArray, scores_buf: _FloatArray) -> None
     """Multi-head self-attention of one sequence: qkv (L, 1152) rows -> out (L, 384)."""
     length = qkv.shape[0]
     heads = qkv.reshape(length, 3, _HEADS, _HEAD_DIM).transpose(1, 2, 0, 3)  # (3, H, L, D)
-    q, k, v = heads[0], heads[1], heads[2]
-    scores = scores_buf[: _HEADS * length * length].reshape(_HEADS, length, length)
-    np.matmul(q, k.transpose(0, 2, 1), out=scores)
-    scores -= scores.max(axis=2, keepdims=True)
-    np.maximum(scores, _EXP_FLOOR, out=scores)
-    np.exp(scores, out=scores)
-    total = scores.sum(axis=2, keepdims=True)  # (H, L, 1)
-    # Normalise after the value product: dividing (H, L, D) is cheaper than (H, L, L).
-    ctx = out.reshape(length, _HEADS, _HEAD_DIM).transpose(1, 0, 2)  # (H, L, D) view of out
-    np.matmul(scores, v, out=ctx)
-    ctx /= total
+    contexts = out.reshape(length, _HEADS, _HEAD_DIM).transpose(1, 0, 2)  # (H, L, D) view
+    scores = scores_buf[: _HEAD_GROUP * length * length].reshape(_HEAD_GROUP, length, length)
+    for h0 in range(0, _HEADS, _HEAD_GROUP):
+        q, k, v = (heads[i, h0 : h0 + _HEAD_GROUP] for i in range(3))
+        # Scores transposed, (keys, queries) per head: the softmax then reduces across rows,
+        # which numpy vectorises far better than along the short last axis.
+        np.matmul(k, q.transpose(0, 2, 1), out=scores)
+        scores -= scores.max(axis=1, keepdims=True)
+        np.maximum(scores, _EXP_FLOOR, out=scores)
+        np.exp(scores, out=scores)
+        total = scores.sum(axis=1)  # (G, queries)
+        ctx = contexts[h0 : h0 + _HEAD_GROUP]
+        np.matmul(scores.transpose(0, 2, 1), v, out=ctx)
+        # Normalise after the value product: dividing (L, D) is cheaper than (L, L).
+        ctx /= total[:, :, None]
 
 
 def _usable_cpus() -> int:
@@ -269,18 +279,44 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _single_threaded_blas() -> contextlib.AbstractContextManager[object] | None:
-    """A context that keeps BLAS to one thread, or None when threadpoolctl is not installed."""
-    # Our worker threads already fill the cores; BLAS threads on top of them spin against each
-    # other, which on a busy machine makes small attention matmuls tens of times slower.
-    try:
-        threadpoolctl = importlib.import_module("threadpoolctl")  # untyped, hence by name
-    except ImportError:
-        return None
-    limit: contextlib.AbstractContextManager[object] = threadpoolctl.threadpool_limits(
-        limits=1, user_api="blas"
-    )
-    return limit
+class _OneBlasThread:
+    """Holds BLAS to one thread while any embed() runs, restoring the old limit after the last."""
+
+    # Our worker threads already fill the cores. BLAS threads on top of them (or on top of other
+    # busy processes) spin against each other, which makes the small attention matmuls tens of
+    # times slower. Counted, so overlapping embed() calls cannot restore limits out of order.
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limiter: Any = None
+        self._module: Any = None
+        self._missing = False
+
+    def available(self) -> bool:
+        """Whether threadpoolctl, which can set the limit, is installed."""
+        if self._module is None and not self._missing:
+            try:
+                self._module = importlib.import_module("threadpoolctl")  # untyped: by name
+            except ImportError:
+                self._missing = True
+        return not self._missing
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._limiter = self._module.threadpool_limits(limits=1, user_api="blas")
+            self._users += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._limiter.restore_original_limits()
+                self._limiter = None
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
 
 
 def _balanced_groups(lengths: NDArray[np.int64], n_groups: int) -> list[NDArray[np.int64]]:
@@ -332,13 +368,16 @@ class LocalEmbedder:
         if not texts:
             return out
         tokenizer, weights = self._encoding_tokenizer(), self._loaded_weights()
-        workers = min(self.threads, len(texts))
-        blas_limit = _single_threaded_blas() if workers > 1 else None
-        if blas_limit is None:
-            workers = 1
+        # Parallelism comes from our own threads, each running whole forward passes with
+        # single-threaded BLAS; without threadpoolctl to set that, BLAS threads do it alone.
+        limit_blas = _ONE_BLAS_THREAD.available()
+        workers = min(self.threads, len(texts)) if limit_blas else 1
         # A window holds one forward pass per worker; tokenising per window bounds memory.
         window = self.batch_size * workers
-        with blas_limit or contextlib.nullcontext(), ThreadPoolExecutor(workers) as pool:
+        with (
+            _ONE_BLAS_THREAD if limit_blas else contextlib.nullcontext(),
+            ThreadPoolExecutor(workers) as pool,
+        ):
             for w0 in range(0, len(texts), window):
                 batch = list(texts[w0 : w0 + window])
                 encodings = tokenizer.encode_batch_fast(batch)
