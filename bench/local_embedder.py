@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     best = {name: float("inf") for name in runtimes}
     for _ in range(args.repeats):
         for name, embed in runtimes.items():
-            best[name] = min(best[name], timed(lambda embed=embed: embed(chunks)))
+            best[name] = min(best[name], timed(partial(embed, chunks)))
     latency = {name: query_latency_ms(embed) for name, embed in runtimes.items()}
 
     print()

@@ -41,7 +41,9 @@ def reference_embedded(
 
 def cosines(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float64]:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return (a64 * b64).sum(axis=1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
+    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+    result: NDArray[np.float64] = (a64 * b64).sum(axis=1) / norms
+    return result
 
 
 def test_reference_fixture_covers_the_hard_cases(
@@ -62,7 +64,9 @@ def test_matches_sentence_transformers_reference_vectors(
     similarity = cosines(reference_embedded, expected)
     worst = int(similarity.argmin())
     assert similarity.min() >= 0.9999, f"text {worst} {texts[worst][:40]!r}: {similarity[worst]}"
-    assert np.abs(reference_embedded - expected).max() < 1e-4
+    # Cosine alone misses near-misses such as tanh-approximated GELU or LayerNorm eps 1e-5 (both
+    # stay above 0.99999); element-wise they are off by 3e-4, float32 rounding by 3e-7.
+    assert np.abs(reference_embedded - expected).max() < 2e-5
 
 
 def test_matches_sentence_transformers_live(
@@ -72,6 +76,7 @@ def test_matches_sentence_transformers_live(
     model = st.SentenceTransformer(str(default_model_dir()), device="cpu")
     expected = model.encode(reference[0], convert_to_numpy=True)
     assert cosines(reference_embedded, expected).min() >= 0.9999
+    assert np.abs(reference_embedded - expected).max() < 2e-5
 
 
 def test_vectors_are_float32_unit_rows(reference_embedded: NDArray[np.float32]) -> None:
@@ -126,6 +131,8 @@ def test_count_tokens_is_the_tokenizers_untruncated_count(embedder: LocalEmbedde
     expected = [len(tokenizer.encode(t, add_special_tokens=False).ids) for t in texts]
     assert embedder.count_tokens(texts) == expected
     assert expected[0] == 0 and expected[-2] == 150 and expected[-1] == 800
+    many = tuple(f"text number {i}" for i in range(2500))  # spans several tokenising windows
+    assert embedder.count_tokens(many) == [len(tokenizer.encode(t).ids) - 2 for t in many]
 
 
 def test_inputs_are_truncated_to_254_word_pieces(embedder: LocalEmbedder) -> None:
