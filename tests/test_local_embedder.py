@@ -120,6 +120,37 @@ def test_concurrent_calls_share_one_lazy_load() -> None:
         np.testing.assert_allclose(result, results[0], atol=2e-6)
 
 
+def test_blas_thread_limit_is_restored_after_embedding() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads() -> list[int]:
+        return [
+            lib["num_threads"]
+            for lib in threadpoolctl.threadpool_info()
+            if lib["user_api"] == "blas"
+        ]
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        LocalEmbedder(threads=2).embed(["one text", "and another"])
+        assert set(blas_threads()) == {2}
+
+
+def test_works_without_threadpoolctl(
+    monkeypatch: pytest.MonkeyPatch,
+    reference: tuple[list[str], NDArray[np.float32]],
+    reference_embedded: NDArray[np.float32],
+) -> None:
+    from ragkit.embedders import local
+
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import now fails
+    monkeypatch.setattr(local, "_ONE_BLAS_THREAD", local._OneBlasThread())
+    texts = reference[0][:8]
+    np.testing.assert_allclose(
+        LocalEmbedder(threads=2).embed(texts), reference_embedded[:8], atol=2e-6
+    )
+    assert not local._ONE_BLAS_THREAD.available()
+
+
 def test_count_tokens_is_the_tokenizers_untruncated_count(embedder: LocalEmbedder) -> None:
     from tokenizers import Tokenizer
 
