@@ -294,22 +294,25 @@ class _OneBlasThread:
         self._lock = threading.Lock()
         self._users = 0
         self._limiter: Any = None
-        self._module: Any = None
+        self._controller: Any = None
         self._missing = False
 
     def available(self) -> bool:
         """Whether threadpoolctl, which can set the limit, is installed."""
-        if self._module is None and not self._missing:
+        if self._controller is None and not self._missing:
             try:
-                self._module = importlib.import_module("threadpoolctl")  # untyped: by name
+                threadpoolctl = importlib.import_module("threadpoolctl")  # untyped: by name
             except ImportError:
                 self._missing = True
+            else:
+                # Finding the loaded BLAS libraries takes ~1 ms: once, not on every call.
+                self._controller = threadpoolctl.ThreadpoolController()
         return not self._missing
 
     def __enter__(self) -> None:
         with self._lock:
             if self._users == 0:
-                self._limiter = self._module.threadpool_limits(limits=1, user_api="blas")
+                self._limiter = self._controller.limit(limits=1, user_api="blas")
             self._users += 1
 
     def __exit__(self, *exc_info: object) -> None:
