@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import math
@@ -107,8 +108,12 @@ class _Weights:
     layers: tuple[_Layer, ...]
 
 
+@functools.lru_cache(maxsize=2)
 def _load_weights(path: Path) -> _Weights:
-    """Read model.safetensors and lay the weights out once for fast matmuls."""
+    """Read model.safetensors and lay the weights out once for fast matmuls.
+
+    Cached per process: every LocalEmbedder (one per library call) shares the read-only arrays.
+    """
     from safetensors import safe_open
 
     with safe_open(str(path), framework="np") as f:
