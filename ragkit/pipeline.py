@@ -21,7 +21,7 @@ from ragkit.chat import ChatModel, OpenAIChatModel
 from ragkit.chunking import chunk_document
 from ragkit.config import Settings
 from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
-from ragkit.documents import Skipped, discover, load_document, relative_path
+from ragkit.documents import Skipped
 from ragkit.embedders import (
     Embedder,
     embed_batches,
@@ -29,10 +29,11 @@ from ragkit.embedders import (
     parse_spec,
     price_per_million_tokens,
 )
-from ragkit.errors import ConfigError, IndexMismatchError, LoadError, RagkitError
+from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
 from ragkit.retriever import Hit, check_query
 from ragkit.retriever import search as dense_search
-from ragkit.store import HealthReport, Problem, Store, cache_key
+from ragkit.store import DocumentRow, HealthReport, Problem, Store, cache_key
+from ragkit.sync import FolderSync
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,14 @@ class IndexStatus:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _under(path: str, folder: str) -> bool:
-    """True when ``path`` is ``folder`` or inside it (relative POSIX paths; "" is the root)."""
-    return folder in ("", ".") or path == folder or path.startswith(folder + "/")
+def _folder_sync(root: Path, known: dict[str, DocumentRow], settings: Settings) -> FolderSync:
+    """The comparison of ``root`` with an index's documents, under the settings' limits."""
+    return FolderSync(
+        root,
+        known,
+        exclude=[Path(settings.index_dir)],
+        max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
+    )
 
 
 def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
@@ -193,83 +199,39 @@ def index(
             )
         store.set_source(source)
 
-        # 1. Which files are there. A failure to look (unlistable folder, broken link) is not a
-        # deletion: what is indexed under it stays.
+        # 1. Compare the folder with the index; 2. apply each change as it is found, committing
+        # each document with its chunks (unchanged chunk texts keep their vectors).
         note("scan", 0, 0)
-        files, passed_over = discover(
-            root,
-            exclude=[Path(settings.index_dir)],
-            max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
-        )
-        skipped = [s for s in passed_over if not s.failed]
-        failed = [s for s in passed_over if s.failed]
-        known = store.documents()
-        present = {relative_path(f, root): f for f in files}
-        kept = {p for p in known if any(_under(p, s.path) for s in failed)}
-        gone = {p: r for p, r in known.items() if p not in present and p not in kept}
-        # Renames: a new path whose bytes match a document whose path is gone.
-        by_hash = {r.sha256: p for p, r in gone.items()}
+        sync = _folder_sync(root, store.documents(), settings)
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
-        added: list[str] = []
-        changed: list[str] = []
-        moved: list[tuple[str, str]] = []
-        warnings: list[tuple[str, str]] = []
-        unchanged = reused = 0
-
-        # 2. Load what is new or changed (size and mtime say which; the content hash decides),
-        # committing each document with its chunks; unchanged chunk texts keep their vectors.
-        for done, (rel, file) in enumerate(present.items(), start=1):
-            note("load", done, len(present))
-            row = known.get(rel)
-            try:
-                stat = file.stat()
-                size_mtime = (stat.st_size, stat.st_mtime)
-                if row and row.status == "indexed" and (row.size, row.mtime) == size_mtime:
-                    unchanged += 1  # fast path: size and mtime unchanged
-                    continue
-                doc = load_document(file, root)
-            except LoadError as exc:
-                if exc.failed:  # the indexed version, if any, stays searchable
-                    failed.append(Skipped(rel, exc.reason, True))
-                else:  # now empty, binary...: nothing of it belongs in the index any more
-                    skipped.append(Skipped(rel, exc.reason, False))
-                    if row:
-                        gone[rel] = row
-                continue
-            except OSError as exc:
-                failed.append(Skipped(rel, f"unreadable: {exc.strerror or exc}", True))
-                continue
-            warnings.extend((rel, w) for w in doc.warnings)
-            if row and row.sha256 == doc.sha256:
-                # Same bytes (touched, or interrupted before all its vectors were stored: those
-                # still missing are embedded below).
-                store.touch_document(rel, mtime=doc.mtime)
-                unchanged += 1
-                continue
-            old = by_hash.pop(doc.sha256, None) if row is None else None
-            if old is not None:
-                store.move_document(old, doc.path, mtime=doc.mtime)
-                moved.append((old, doc.path))
-                del gone[old]
-                continue
-            chunks = chunk_document(
-                doc, embedder.count_tokens, max_tokens=max_tokens, overlap=settings.chunk_overlap
-            )
-            _, reused_here = store.put_document(
-                path=doc.path,
-                sha256=doc.sha256,
-                size=doc.size,
-                mtime=doc.mtime,
-                kind=doc.kind,
-                pages=len(doc.pages),
-                warnings=doc.warnings,
-                chunks=chunks,
-            )
-            reused += reused_here
-            (changed if row else added).append(doc.path)
+        reused = 0
+        for change in sync.changes(note):
+            if change.kind == "same":
+                store.touch_document(change.path, mtime=change.mtime)
+            elif change.kind == "moved" and change.old_path is not None:
+                store.move_document(change.old_path, change.path, mtime=change.mtime)
+            elif change.doc is not None:
+                doc = change.doc
+                chunks = chunk_document(
+                    doc,
+                    embedder.count_tokens,
+                    max_tokens=max_tokens,
+                    overlap=settings.chunk_overlap,
+                )
+                _, reused_here = store.put_document(
+                    path=doc.path,
+                    sha256=doc.sha256,
+                    size=doc.size,
+                    mtime=doc.mtime,
+                    kind=doc.kind,
+                    pages=len(doc.pages),
+                    warnings=doc.warnings,
+                    chunks=chunks,
+                )
+                reused += reused_here
 
         # 3. Remove what is gone, after the loads above could take over its vectors.
-        removed = sorted(gone)
+        removed = sync.removed
         store.remove_documents(removed)
 
         # 4. Embed every chunk still without a vector, committing batch by batch.
@@ -293,8 +255,8 @@ def index(
         if (
             embedded
             or removed
-            or added
-            or changed
+            or sync.added
+            or sync.changed
             or store.manifest.faiss_count != counts["vectors"]
             or not store.vectors_agree()
         ):
@@ -302,14 +264,14 @@ def index(
         return IndexReport(
             index=str(settings.index_path),
             embedder=store.manifest.embedder_spec,
-            added=tuple(added),
-            changed=tuple(changed),
+            added=tuple(sync.added),
+            changed=tuple(sync.changed),
             removed=tuple(removed),
-            moved=tuple(moved),
-            unchanged=unchanged,
-            skipped=tuple(skipped),
-            failed=tuple(failed),
-            warnings=tuple(warnings),
+            moved=tuple(sync.moved),
+            unchanged=sync.unchanged,
+            skipped=tuple(sync.skipped),
+            failed=tuple(sync.failed),
+            warnings=tuple(sync.warnings),
             chunks_embedded=embedded,
             chunks_reused=reused,
             documents=counts["documents"],
@@ -334,66 +296,30 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
                 f"index {settings.index} mirrors {store.manifest.source}, not {source}:"
                 f" re-index that folder, or pass --index NEW_NAME for this one"
             )
-        files, passed_over = discover(
-            root,
-            exclude=[Path(settings.index_dir)],
-            max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
-        )
-        skipped = [s for s in passed_over if not s.failed]
-        failed = [s for s in passed_over if s.failed]
         known = store.documents() if store is not None else {}
-        present = {relative_path(f, root): f for f in files}
-        kept = {p for p in known if any(_under(p, s.path) for s in failed)}
-        gone = {p: r for p, r in known.items() if p not in present and p not in kept}
-        by_hash = {r.sha256: p for p, r in gone.items()}
+        sync = _folder_sync(root, known, settings)
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
-        added: list[str] = []
-        changed: list[str] = []
-        moved: list[tuple[str, str]] = []
-        warnings: list[tuple[str, str]] = []
-        unchanged = to_embed = reused = tokens = new_chunks = 0
+        to_embed = reused = tokens = new_chunks = 0
         same: set[str] = set()  # unchanged bytes: a run embeds their chunks still without vectors
-        for rel, file in present.items():
-            row = known.get(rel)
-            try:
-                stat = file.stat()
-                size_mtime = (stat.st_size, stat.st_mtime)
-                if row and row.status == "indexed" and (row.size, row.mtime) == size_mtime:
-                    unchanged += 1
-                    continue
-                doc = load_document(file, root)
-            except LoadError as exc:
-                if exc.failed:
-                    failed.append(Skipped(rel, exc.reason, True))
-                else:
-                    skipped.append(Skipped(rel, exc.reason, False))
-                    if row:
-                        gone[rel] = row
-                continue
-            except OSError as exc:
-                failed.append(Skipped(rel, f"unreadable: {exc.strerror or exc}", True))
-                continue
-            warnings.extend((rel, w) for w in doc.warnings)
-            if row and row.sha256 == doc.sha256:
-                unchanged += 1
-                same.add(rel)
-                continue
-            old = by_hash.pop(doc.sha256, None) if row is None else None
-            if old is not None:  # a rename keeps its vectors
-                moved.append((old, rel))
-                del gone[old]
+        for change in sync.changes(lambda stage, done, total: None):
+            if change.kind == "same":
+                same.add(change.path)
+            if change.doc is None:
                 continue
             pieces = chunk_document(
-                doc, embedder.count_tokens, max_tokens=max_tokens, overlap=settings.chunk_overlap
+                change.doc,
+                embedder.count_tokens,
+                max_tokens=max_tokens,
+                overlap=settings.chunk_overlap,
             )
-            cached: dict[str, bytes] = {}
+            cached: set[str] = set()
             if store is not None:  # the embedding cache: texts this model has already embedded
                 m = store.manifest
                 keys = [
                     cache_key(c.text, embedder=m.embedder, model=m.model, dimension=m.dimension)
                     for c in pieces
                 ]
-                cached = Store._cached_vectors(store.db.conn, keys)
+                cached = store.cached_keys(keys)
             else:
                 keys = [""] * len(pieces)
             for piece, key in zip(pieces, keys, strict=True):
@@ -402,7 +328,6 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
                 else:
                     to_embed += 1
                     tokens += piece.tokens
-            (changed if row else added).append(rel)
             new_chunks += len(pieces)
         if store is not None and same:
             waiting = store.pending()
@@ -411,8 +336,10 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
                 if where[i].path in same:
                     to_embed += 1
                     tokens += n
-        documents = len(known) - len(gone) + len(added)
-        staying = (r.chunks for p, r in known.items() if p not in gone and p not in changed)
+        documents = len(known) - len(sync.gone) + len(sync.added)
+        staying = (
+            r.chunks for p, r in known.items() if p not in sync.gone and p not in sync.changed
+        )
         chunks = sum(staying) + new_chunks
     finally:
         if store is not None:
@@ -420,14 +347,14 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
     return IndexReport(
         index=str(settings.index_path),
         embedder=f"{embedder.name}:{embedder.model}",
-        added=tuple(added),
-        changed=tuple(changed),
-        removed=tuple(sorted(gone)),
-        moved=tuple(moved),
-        unchanged=unchanged,
-        skipped=tuple(skipped),
-        failed=tuple(failed),
-        warnings=tuple(warnings),
+        added=tuple(sync.added),
+        changed=tuple(sync.changed),
+        removed=tuple(sync.removed),
+        moved=tuple(sync.moved),
+        unchanged=sync.unchanged,
+        skipped=tuple(sync.skipped),
+        failed=tuple(sync.failed),
+        warnings=tuple(sync.warnings),
         chunks_embedded=to_embed,
         chunks_reused=reused,
         documents=documents,

@@ -546,6 +546,10 @@ class Store:
                 found[h] = blob
         return found
 
+    def cached_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of these embedding-cache keys already have a stored vector."""
+        return set(self._cached_vectors(self.db.conn, keys))
+
     def move_document(self, old_path: str, new_path: str, *, mtime: float) -> None:
         """Re-point a document at its new path (a rename: same bytes, no re-embedding)."""
         with self.transaction() as conn:

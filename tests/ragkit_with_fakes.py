@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
 import ragkit.pipeline  # noqa: E402
+import ragkit.sync  # noqa: E402
 import ragkit.store  # noqa: E402
 from ragkit.cli import main  # noqa: E402
 from ragkit.embedders import register_embedder  # noqa: E402
@@ -71,7 +72,7 @@ class _InstrumentedEmbedder(BagOfWordsEmbedder):
 
 register_embedder("bow", lambda model, options: _InstrumentedEmbedder())
 
-_load = ragkit.pipeline.load_document
+_load = ragkit.sync.load_document
 
 
 def _slow_load(*args: Any, **kwargs: Any) -> Any:
@@ -80,7 +81,7 @@ def _slow_load(*args: Any, **kwargs: Any) -> Any:
     return _load(*args, **kwargs)
 
 
-ragkit.pipeline.load_document = _slow_load  # type: ignore[assignment]
+ragkit.sync.load_document = _slow_load  # type: ignore[assignment]
 
 _faiss_write = ragkit.store._import_faiss().write_index
 

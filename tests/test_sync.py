@@ -204,11 +204,11 @@ def test_touched_file_is_unchanged_and_takes_the_fast_path_next_time(corpus, set
     assert report.unchanged == 3 and report.changed == () and not embedded()
 
     # The new mtime was recorded: a third run loads nothing at all.
-    from ragkit import pipeline
+    from ragkit import sync
 
     loads: list[Path] = []
-    real = pipeline.load_document
-    monkeypatch.setattr(pipeline, "load_document", lambda f, r: loads.append(f) or real(f, r))
+    real = sync.load_document
+    monkeypatch.setattr(sync, "load_document", lambda f, r: loads.append(f) or real(f, r))
     assert run(docs, settings).unchanged == 3 and loads == []
 
 
