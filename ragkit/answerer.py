@@ -7,6 +7,7 @@ weak to trust: ragkit would rather say "not in the documents" than guess.
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ragkit.chat import ChatModel, ChatResult, Message
+from ragkit.conversation import Turn, history_messages
 from ragkit.embedders import Embedder
 from ragkit.retriever import Hit
 
@@ -166,26 +168,41 @@ def _citation(n: int, hit: Hit, quote: str) -> Citation:
 _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
+# A tag that could open or close a source block, in any case or spacing; its "<" is escaped so
+# text inside a document can never end its own block or start a fake one.
+_SOURCE_TAG = re.compile(r"<(?=\s*/?\s*source\b)", re.IGNORECASE)
+
+
 def format_sources(hits: Sequence[Hit]) -> str:
     """Sources as delimited, numbered blocks; text inside cannot close its own block."""
     blocks = []
     for n, hit in enumerate(hits, start=1):
         where = hit.path + (f", page {hit.page}" if hit.page is not None else "")
-        body = hit.text.replace("</source>", "<\\/source>")
-        blocks.append(f'<source id="{n}" file="{where}">\n{body}\n</source>')
+        body = _SOURCE_TAG.sub("&lt;", hit.text)
+        blocks.append(
+            f'<source id="{n}" file="{html.escape(where, quote=True)}">\n{body}\n</source>'
+        )
     return "\n\n".join(blocks)
 
 
 def build_messages(
-    question: str, hits: Sequence[Hit], *, system_role: str = "system"
+    question: str,
+    hits: Sequence[Hit],
+    *,
+    history: Sequence[Turn] = (),
+    system_role: str = "system",
 ) -> list[Message]:
-    """The chat messages for a question over numbered sources."""
+    """The chat messages for a question over numbered sources, after earlier turns if any."""
     user = (
         f"Sources:\n\n{format_sources(hits)}\n\n"
         f"Question: {question}\n\n"
         "Answer from the sources above, citing them as [n]."
     )
-    return [{"role": system_role, "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return [
+        {"role": system_role, "content": SYSTEM_PROMPT},
+        *history_messages(history),
+        {"role": "user", "content": user},
+    ]
 
 
 def validate_citations(text: str, hits: Sequence[Hit]) -> tuple[str, tuple[Citation, ...]]:
@@ -219,17 +236,23 @@ def llm_answer(
     *,
     abstain_below: float,
     stream: Callable[[str], None] | None = None,
+    history: Sequence[Turn] = (),
 ) -> Answer:
     """Ask the chat model over numbered sources; citations are checked against the sources.
 
-    With ``stream`` set, text is passed to it as the model produces it.
+    With ``stream`` set, text is passed to it as the model produces it. ``history`` holds earlier
+    turns of a conversation (already fitted to the token budget).
     """
     if should_abstain(hits, abstain_below):
         return abstention(question, "llm", chat.model, hits)
-    messages = build_messages(question, hits)
+    messages = build_messages(question, hits, history=history)
     result: ChatResult = chat.stream(messages, stream) if stream else chat.complete(messages)
     text, citations = validate_citations(result.text, hits)
-    abstained = text.strip().rstrip(".") == ABSTAIN_TEXT.rstrip(".") or not text.strip()
+    # An empty answer cut by the token limit (a reasoning model can spend it all thinking) is an
+    # incomplete answer, not an abstention.
+    abstained = text.strip().rstrip(".") == ABSTAIN_TEXT.rstrip(".") or (
+        not text.strip() and result.finish_reason != "length"
+    )
     return Answer(
         question,
         ABSTAIN_TEXT if abstained else text,

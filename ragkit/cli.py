@@ -2,7 +2,14 @@
 
 Results go to stdout, progress and messages to stderr. A RagkitError is one line on stderr and
 exit code 1; ``ask`` exits 2 when it abstains; ``index`` exits 3 when some file that should have
-been indexed failed (the rest of the run is kept).
+been indexed failed (the rest of the run is kept); ``doctor`` exits 5 when problems remain.
+
+An answer is never passed off as complete when it is not. When the model stops at its token
+limit (finish_reason "length") the partial answer is printed, a note goes to stderr, ``--json``
+has ``"complete": false`` and ``ask`` exits 4, so scripts can tell without parsing. When a
+streamed answer is cut (connection lost, stream ended early), the text already shown is followed
+by ``[answer cut off: ...]`` on stderr and exit code 1. ``chat`` keeps going after a failed turn
+and exits 1 at the end if any turn failed.
 """
 
 from __future__ import annotations
@@ -10,18 +17,21 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ragkit.errors import RagkitError
+from ragkit.errors import ChatError, RagkitError
 
 if TYPE_CHECKING:
     from ragkit.answerer import Answer
+    from ragkit.conversation import Turn
     from ragkit.pipeline import IndexReport
     from ragkit.retriever import Hit
+    from ragkit.store import HealthReport
 
 app = typer.Typer(
     name="ragkit",
@@ -35,6 +45,8 @@ app = typer.Typer(
 EXIT_ERROR = 1
 EXIT_ABSTAINED = 2
 EXIT_FILES_FAILED = 3
+EXIT_INCOMPLETE = 4
+EXIT_UNHEALTHY = 5
 
 # Options shared by every command; each has a RAGKIT_* variable of the same name.
 IndexName = Annotated[
@@ -101,6 +113,65 @@ Heading = Annotated[
     typer.Option(envvar="RAGKIT_HEADING", help="Only passages whose heading contains this text."),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+# Answering options, shared by ask and chat.
+Llm = Annotated[
+    bool | None,
+    typer.Option(
+        "--llm/--extractive", envvar="RAGKIT_LLM", help="Force LLM or extractive answers."
+    ),
+]
+ChatModelName = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "--chat-model",
+        envvar="RAGKIT_CHAT_MODEL",
+        help="Chat model [default: gpt-4o-mini].",
+    ),
+]
+Temperature = Annotated[
+    float | None,
+    typer.Option(
+        envvar="RAGKIT_TEMPERATURE",
+        help="Sampling temperature, 0-2 [default: 0]; not sent to reasoning models (o1, o3, gpt-5).",
+    ),
+]
+TopP = Annotated[
+    float | None,
+    typer.Option(
+        "--top-p",
+        envvar="RAGKIT_TOP_P",
+        help="Nucleus sampling, 0-1; not sent to reasoning models.",
+    ),
+]
+MaxTokens = Annotated[
+    int | None,
+    typer.Option(
+        envvar="RAGKIT_MAX_TOKENS",
+        help="Most tokens in the answer (sent as max_completion_tokens to reasoning models).",
+    ),
+]
+Seed = Annotated[
+    int | None, typer.Option(envvar="RAGKIT_SEED", help="Seed for repeatable sampling.")
+]
+Stop = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--stop",
+        metavar="<str>",
+        help="Stop sequence (repeatable, up to 4; RAGKIT_STOP takes a JSON list).",
+    ),
+]
+ReasoningEffort = Annotated[
+    str | None,
+    typer.Option(
+        envvar="RAGKIT_REASONING_EFFORT",
+        help="Reasoning models only: minimal, low, medium or high.",
+    ),
+]
+Stream = Annotated[
+    bool, typer.Option("--stream/--no-stream", help="Print the LLM answer as it is generated.")
+]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what ragkit is doing.")]
 
 
@@ -113,6 +184,7 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="ragkit: %(message)s",
         stream=sys.stderr,
+        force=True,
     )
 
 
@@ -166,6 +238,12 @@ def index(
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for another writer instead of failing.")
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Count files, chunks, tokens and cost; embed and write nothing."
+        ),
+    ] = False,
     as_json: AsJson = False,
     verbose: Verbose = False,
 ) -> None:
@@ -175,8 +253,9 @@ def index(
     _setup_logging(verbose)
     report = pipeline.index(
         path,
-        progress=None if as_json else _ProgressPrinter(),
+        progress=None if as_json or dry_run else _ProgressPrinter(),
         wait=wait,
+        dry_run=dry_run,
         index=index,
         index_dir=index_dir,
         embedder=embedder,
@@ -186,6 +265,8 @@ def index(
     )
     if as_json:
         typer.echo(json.dumps(_report_json(report), indent=2, ensure_ascii=False))
+    elif dry_run:
+        _print_estimate(report)
     else:
         _print_report(report)
     if not report.ok:
@@ -216,6 +297,28 @@ def _print_report(report: IndexReport) -> None:
         f" {report.documents} documents, {report.chunks} chunks in the index;"
         f" {report.seconds:.1f} s"
     )
+    if report.tokens_embedded and report.cost_usd:
+        _err(
+            f"{report.tokens_embedded} tokens embedded, about ${report.cost_usd:.4f} at list price"
+        )
+
+
+def _print_estimate(report: IndexReport) -> None:
+    for item in report.failed:
+        _err(f"would fail: {item.path}: {item.reason}")
+    files = len(report.added) + len(report.changed)
+    cost = f"${report.cost_usd:.4f}" if report.cost_usd is not None else "unknown (no price known)"
+    typer.echo(
+        f"dry run for {report.index} [{report.embedder}]: {files} files to embed"
+        f" ({len(report.added)} new, {len(report.changed)} changed),"
+        f" {len(report.removed)} to remove, {len(report.moved)} moved,"
+        f" {report.unchanged} unchanged, {len(report.skipped)} skipped"
+    )
+    typer.echo(
+        f"{report.chunks_embedded} chunks to embed ({report.chunks_reused} already embedded),"
+        f" {report.tokens_embedded} tokens; estimated cost {cost}"
+    )
+    typer.echo("nothing was embedded or written")
 
 
 def _location(page: int | None, start: int, end: int) -> str:
@@ -304,6 +407,7 @@ def _answer_json(answer: Answer) -> dict[str, Any]:
         "model": answer.model,
         "abstained": answer.abstained,
         "finish_reason": answer.finish_reason,
+        "complete": answer.complete,
         "usage": answer.usage,
         "citations": [
             {
@@ -317,6 +421,34 @@ def _answer_json(answer: Answer) -> dict[str, Any]:
             for c in answer.citations
         ],
     }
+
+
+def _answer_settings(**values: Any) -> dict[str, Any]:
+    """The answering flags as Settings overrides (None = not given)."""
+    stop = values.pop("stop", None)
+    return {**values, "stop": tuple(stop) if stop else None}
+
+
+class _Printer:
+    """Writes streamed answer text to stdout as it arrives and remembers it."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        self.parts.append(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def cut_off(self, exc: ChatError) -> None:
+        """Mark the text already shown as unfinished."""
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        _err(f"[answer cut off: {exc}]")
 
 
 @app.command()
@@ -334,21 +466,15 @@ def ask(
     heading: Heading = None,
     index: IndexName = None,
     index_dir: IndexDir = None,
-    llm: Annotated[
-        bool | None,
-        typer.Option(
-            "--llm/--extractive", envvar="RAGKIT_LLM", help="Force LLM or extractive answers."
-        ),
-    ] = None,
-    chat_model: Annotated[
-        str | None,
-        typer.Option(
-            "--chat-model", envvar="RAGKIT_CHAT_MODEL", help="Chat model [default: gpt-4o-mini]."
-        ),
-    ] = None,
-    stream: Annotated[
-        bool, typer.Option("--stream/--no-stream", help="Print the LLM answer as it is generated.")
-    ] = True,
+    llm: Llm = None,
+    chat_model: ChatModelName = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    max_tokens: MaxTokens = None,
+    seed: Seed = None,
+    stop: Stop = None,
+    reasoning_effort: ReasoningEffort = None,
+    stream: Stream = True,
     as_json: AsJson = False,
     verbose: Verbose = False,
 ) -> None:
@@ -356,37 +482,49 @@ def ask(
     from ragkit import pipeline
 
     _setup_logging(verbose)
-    streamed: list[str] = []
-
-    def show(text: str) -> None:
-        streamed.append(text)
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    answer = pipeline.ask(
-        question,
-        on_text=show if stream and not as_json else None,
-        k=k,
-        min_score=min_score,
-        path=path,
-        mode=mode,
-        mmr=mmr,
-        mmr_lambda=mmr_lambda,
-        file_type=file_type,
-        modified_after=modified_after,
-        modified_before=modified_before,
-        heading=heading,
-        index=index,
-        index_dir=index_dir,
-        llm=llm,
-        chat_model=chat_model,
-    )
+    printer = _Printer()
+    try:
+        answer = pipeline.ask(
+            question,
+            on_text=printer if stream and not as_json else None,
+            **_answer_settings(
+                k=k,
+                min_score=min_score,
+                path=path,
+                mode=mode,
+                mmr=mmr,
+                mmr_lambda=mmr_lambda,
+                file_type=file_type,
+                modified_after=modified_after,
+                modified_before=modified_before,
+                heading=heading,
+                index=index,
+                index_dir=index_dir,
+                llm=llm,
+                chat_model=chat_model,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=seed,
+                stop=stop,
+                reasoning_effort=reasoning_effort,
+            ),
+        )
+    except ChatError as exc:
+        if not printer.parts:
+            raise
+        printer.cut_off(exc)
+        raise typer.Exit(EXIT_ERROR) from None
     if as_json:
         typer.echo(json.dumps(_answer_json(answer), indent=2, ensure_ascii=False))
     else:
-        _print_answer(answer, streamed="".join(streamed))
+        _print_answer(answer, streamed=printer.text)
+    if verbose:
+        _print_usage(answer)
     if answer.abstained:
         raise typer.Exit(EXIT_ABSTAINED)
+    if not answer.complete:
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 def _print_answer(answer: Answer, *, streamed: str) -> None:
@@ -404,14 +542,135 @@ def _print_answer(answer: Answer, *, streamed: str) -> None:
         typer.echo(answer.text)
     if not answer.complete:
         _err(
-            f"note: the answer was cut short (finish_reason={answer.finish_reason});"
-            " raise --max-tokens"
+            f"note: the answer is incomplete: the model stopped at its token limit"
+            f" (finish_reason={answer.finish_reason}); raise --max-tokens"
         )
     if answer.citations:
         typer.echo("")
         typer.echo("Sources:")
         for c in answer.citations:
             typer.echo(f"[{c.n}] {c.location}")
+            typer.echo(f"    \u201c{c.quote}\u201d")
+
+
+def _print_usage(answer: Answer) -> None:
+    u = answer.usage
+    if not u:
+        return
+    reasoning = f" ({u['reasoning_tokens']} reasoning)" if u.get("reasoning_tokens") else ""
+    _err(
+        f"usage: {u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} completion"
+        f"{reasoning} = {u.get('total_tokens', 0)} tokens ({answer.model})"
+    )
+
+
+@app.command()
+def chat(
+    k: TopK = None,
+    min_score: MinScore = None,
+    path: PathGlob = None,
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    llm: Llm = None,
+    chat_model: ChatModelName = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    max_tokens: MaxTokens = None,
+    seed: Seed = None,
+    stop: Stop = None,
+    reasoning_effort: ReasoningEffort = None,
+    history_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--chat-history-tokens",
+            envvar="RAGKIT_CHAT_HISTORY_TOKENS",
+            help="Tokens of earlier turns sent with each question [default: 2000].",
+        ),
+    ] = None,
+    stream: Stream = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per turn.")
+    ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Ask questions in turn (one per line on stdin; `exit` or end of input stops).
+
+    Every turn retrieves afresh and numbers its own sources; earlier turns are kept within a
+    token budget, oldest dropped first.
+    """
+    from ragkit import pipeline
+    from ragkit.config import Settings
+    from ragkit.conversation import Turn, fit_history
+
+    _setup_logging(verbose)
+    settings = Settings.load(
+        **_answer_settings(
+            k=k,
+            min_score=min_score,
+            path=path,
+            index=index,
+            index_dir=index_dir,
+            llm=llm,
+            chat_model=chat_model,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            stop=stop,
+            reasoning_effort=reasoning_effort,
+            chat_history_tokens=history_tokens,
+        )
+    )
+    pipeline.status(settings)  # no index: say so now, not after the first question
+    interactive = sys.stdin.isatty()
+    history: list[Turn] = []
+    failed = False
+    for question in _questions(interactive):
+        if not interactive and not as_json:
+            typer.echo(f"> {question}")  # a transcript shows what each answer answers
+        printer = _Printer()
+        try:
+            answer = pipeline.ask(
+                question,
+                settings,
+                on_text=printer if stream and not as_json else None,
+                history=history,
+            )
+        except ChatError as exc:
+            failed = True
+            if printer.parts:
+                printer.cut_off(exc)
+            else:
+                _err(f"ragkit: error: {exc}")
+            continue
+        if as_json:
+            typer.echo(json.dumps(_answer_json(answer), ensure_ascii=False))
+        else:
+            _print_answer(answer, streamed=printer.text)
+            typer.echo("")
+        if verbose:
+            _print_usage(answer)
+        history = list(
+            fit_history([*history, Turn(question, answer.text)], settings.chat_history_tokens)
+        )
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _questions(interactive: bool) -> Iterator[str]:
+    """Non-empty lines from stdin until end of input or `exit` / `quit`."""
+    while True:
+        try:
+            line = input("ragkit> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            return
+        if not interactive and not line:
+            return
+        question = line.strip()
+        if question.lower() in ("exit", "quit"):
+            return
+        if question:
+            yield question
 
 
 class _StepPrinter:
@@ -542,6 +801,50 @@ def status(
     ]
     for key, value in rows:
         typer.echo(f"{key:>16}: {value}")
+
+
+@app.command()
+def doctor(
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what can be fixed without the source files.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for a writer instead of failing.")
+    ] = False,
+    as_json: AsJson = False,
+    verbose: Verbose = False,
+) -> None:
+    """Check that an index's FAISS file, SQLite rows, keyword index and manifest agree."""
+    from ragkit import pipeline
+
+    _setup_logging(verbose)
+    report = pipeline.doctor(index=index, index_dir=index_dir, repair=repair, wait=wait)
+    if as_json:
+        data = asdict(report)
+        data["ok"] = report.ok
+        typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        _print_health(report, repair=repair)
+    if not report.ok:
+        raise typer.Exit(EXIT_UNHEALTHY)
+
+
+def _print_health(report: HealthReport, *, repair: bool) -> None:
+    faiss = "no readable" if report.faiss_vectors is None else f"{report.faiss_vectors} in the"
+    typer.echo(
+        f"{report.index}: {report.documents} documents, {report.chunks} chunks,"
+        f" {report.vectors} vectors in SQLite, {faiss} FAISS file"
+    )
+    for action in report.repaired:
+        typer.echo(f"repaired: {action}")
+    for problem in report.problems:
+        typer.echo(f"problem [{problem.code}]: {problem.detail}")
+        hint = "--repair will" if problem.repairable and not repair else "to fix"
+        typer.echo(f"    {hint}: {problem.fix}")
+    if report.ok:
+        typer.echo("healthy: FAISS agrees with SQLite; manifest, rows and keyword index are sound")
 
 
 def main() -> None:

@@ -8,9 +8,10 @@ module; components take explicit arguments.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,16 @@ from ragkit.errors import ConfigError
 
 DEFAULT_OPENAI_EMBEDDING_MODEL = "text-embedding-3-small"
 DEFAULT_CHAT_MODEL = "gpt-4o-mini"
+
+
+# Settings also read from the variables their providers' own tools use (RAGKIT_* comes first).
+_FALLBACK_ENV = {
+    "openai_api_key": "OPENAI_API_KEY",
+    "openai_base_url": "OPENAI_BASE_URL",
+    "azure_endpoint": "AZURE_OPENAI_ENDPOINT",
+    "azure_api_key": "AZURE_OPENAI_API_KEY",
+    "azure_api_version": "OPENAI_API_VERSION",
+}
 
 
 @dataclass(frozen=True)
@@ -47,8 +58,26 @@ class Settings:
     max_file_mb: float = 50.0  # files larger than this are skipped
     llm: bool | None = None  # None = use the chat model when OpenAI is configured
     chat_model: str = DEFAULT_CHAT_MODEL
-    openai_api_key: str | None = None  # also read from OPENAI_API_KEY
+    # Chat request parameters; None leaves each to ragkit's choice for the model family
+    # (temperature 0 for classic models; reasoning models get no sampling parameters at all).
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None  # sent as max_completion_tokens to reasoning models
+    seed: int | None = None
+    stop: tuple[str, ...] | None = None  # RAGKIT_STOP: one sequence, or a JSON list of up to 4
+    reasoning_effort: str | None = None  # reasoning models only: minimal, low, medium, high
+    chat_history_tokens: int = 2000  # earlier turns kept by `ragkit chat` (oldest dropped first)
+    max_concurrency: int = 4  # async API: most calls running at once (aask, asearch, aindex)
+    # Keys are kept out of repr() so that a logged Settings never shows one.
+    openai_api_key: str | None = field(default=None, repr=False)  # also read from OPENAI_API_KEY
     openai_base_url: str | None = None  # also read from OPENAI_BASE_URL
+    openai_concurrency: int = 4  # embedding requests in flight at once
+    openai_timeout: float = 60.0  # seconds before a request is abandoned (and retried)
+    openai_max_retries: int = 8  # retries of one request after transient errors
+    azure_endpoint: str | None = None  # also AZURE_OPENAI_ENDPOINT; selects Azure OpenAI
+    azure_api_key: str | None = field(default=None, repr=False)  # also AZURE_OPENAI_API_KEY
+    azure_api_version: str | None = None  # also OPENAI_API_VERSION
+    azure_deployment: str | None = None  # embedding deployment name [default: the model name]
     batch_size: int = 32  # texts per local embedding batch
 
     @classmethod
@@ -61,8 +90,8 @@ class Settings:
                 values[f.name] = overrides[f.name]
                 continue
             raw = env.get("RAGKIT_" + f.name.upper())
-            if raw is None and f.name.startswith("openai_"):
-                raw = env.get(f.name.upper())
+            if raw is None and f.name in _FALLBACK_ENV:
+                raw = env.get(_FALLBACK_ENV[f.name])
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, raw, f.type)
         unknown = set(overrides) - {f.name for f in fields(cls)}
@@ -83,8 +112,8 @@ class Settings:
 
     @property
     def openai_configured(self) -> bool:
-        """True when an OpenAI key or an OpenAI-compatible base URL is set."""
-        return bool(self.openai_api_key or self.openai_base_url)
+        """True when an OpenAI key, an OpenAI-compatible base URL or an Azure endpoint is set."""
+        return bool(self.openai_api_key or self.openai_base_url or self.azure_endpoint)
 
     def validate(self) -> None:
         """Refuse settings that cannot work, with a message naming the fix."""
@@ -106,8 +135,34 @@ class Settings:
             raise ConfigError(f"unknown mode {self.mode!r}: use dense, keyword or hybrid")
         if not 0.0 <= self.mmr_lambda <= 1.0:
             raise ConfigError(f"mmr_lambda must be between 0 and 1 (got {self.mmr_lambda})")
+        if self.openai_concurrency < 1:
+            raise ConfigError(
+                f"openai_concurrency must be at least 1 (got {self.openai_concurrency})"
+            )
+        if self.openai_timeout <= 0:
+            raise ConfigError(
+                f"openai_timeout must be positive seconds (got {self.openai_timeout})"
+            )
+        if self.openai_max_retries < 0:
+            raise ConfigError(
+                f"openai_max_retries must be 0 or more (got {self.openai_max_retries})"
+            )
         if self.max_file_mb <= 0:
             raise ConfigError(f"max_file_mb must be positive (got {self.max_file_mb})")
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise ConfigError(f"temperature must be between 0 and 2 (got {self.temperature})")
+        if self.top_p is not None and not 0 <= self.top_p <= 1:
+            raise ConfigError(f"top_p must be between 0 and 1 (got {self.top_p})")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1 (got {self.max_tokens})")
+        if self.stop is not None and (len(self.stop) > 4 or not all(self.stop)):
+            raise ConfigError(f"stop takes 1 to 4 non-empty sequences (got {list(self.stop)})")
+        if self.chat_history_tokens < 0:
+            raise ConfigError(
+                f"chat_history_tokens must be 0 or more (got {self.chat_history_tokens})"
+            )
+        if self.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be at least 1 (got {self.max_concurrency})")
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:
@@ -126,8 +181,16 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
             return float(raw)
         if text.startswith("Path"):
             return Path(raw)
+        if text.startswith("tuple"):
+            # A JSON list for several values, else the whole string is the one value.
+            if raw.lstrip().startswith("["):
+                items = json.loads(raw)
+                if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                    raise ValueError(raw)
+                return tuple(items)
+            return (raw,)
     except ValueError:
         raise ConfigError(
-            f"RAGKIT_{name.upper()}={raw!r} is not a valid {text.split(' ')[0]}"
+            f"RAGKIT_{name.upper()}={raw!r} is not a valid {text.split(' | ')[0]}"
         ) from None
     return raw

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import numpy as np
 from ragkit.chunking import Chunk, chunk_document
 from ragkit.documents import Document
 from ragkit.embedders import Embedder, embed_batches
-from ragkit.errors import RagkitError
+from ragkit.errors import IndexMismatchError, RagkitError
 from ragkit.retriever import CANDIDATES, MODES, Ranking, rank
 from ragkit.store import Store
 
@@ -237,12 +238,10 @@ def sync_corpus(
     texts = [t for _, t, _ in pending]
     done = 0
     note("embed", 0, len(pending))
-    for positions, vectors in embed_batches(embedder, texts, batch_size):
-        store.set_vectors(
-            [pending[int(p)][0] for p in positions],
-            vectors,
-            sum(pending[int(p)][2] for p in positions),
-        )
+    for positions, vectors, used in embed_batches(embedder, texts, batch_size):
+        # The provider's own count when it reports one (what is billed), else ours.
+        tokens = used if used is not None else sum(pending[int(p)][2] for p in positions)
+        store.set_vectors([pending[int(p)][0] for p in positions], vectors, tokens)
         done += len(positions)
         note("embed", done, len(pending))
         log.info("embedded %d of %d chunks", done, len(pending))
@@ -360,6 +359,32 @@ def cache_name(dataset: str, protocol: str, embedder: Embedder) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.")
 
 
+def _open_cache(path: Path, embedder: Embedder) -> Store:
+    """The cached index at ``path``, rebuilt from nothing when another embedder or schema made it.
+
+    It holds only what the dataset and embedder determine, so dropping it loses nothing.
+    """
+    if Store.exists(path):
+        try:
+            store = Store.open(path)
+        except IndexMismatchError as exc:
+            log.warning("rebuilding the cached eval index %s: %s", path, exc)
+        else:
+            m = store.manifest
+            if (m.embedder, m.model, m.dimension) == (
+                embedder.name,
+                embedder.model,
+                embedder.dimension,
+            ):
+                return store
+            store.close()
+            log.warning("rebuilding the cached eval index %s: made by %s", path, m.embedder_spec)
+        shutil.rmtree(path)
+    return Store.create(
+        path, embedder=embedder.name, model=embedder.model, dimension=embedder.dimension
+    )
+
+
 def evaluate(
     dataset: BeirDataset,
     embedder: Embedder,
@@ -381,20 +406,7 @@ def evaluate(
             raise RagkitError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
         t0 = time.perf_counter()
         path = Path(index_dir) / cache_name(dataset.name, protocol, embedder)
-        if Store.exists(path):
-            store = Store.open(path)
-            m = store.manifest
-            if (m.embedder, m.model, m.dimension) != (
-                embedder.name,
-                embedder.model,
-                embedder.dimension,
-            ):
-                store.close()
-                raise RagkitError(f"{path} holds another embedder's vectors: delete that folder")
-        else:
-            store = Store.create(
-                path, embedder=embedder.name, model=embedder.model, dimension=embedder.dimension
-            )
+        store = _open_cache(path, embedder)
         with store:
             store.lock()
             store.set_source(f"beir:{dataset.name}:{protocol}")

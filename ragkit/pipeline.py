@@ -1,9 +1,10 @@
 """The whole flow in one place: files -> documents -> chunks -> vectors -> index -> hits -> answer.
 
 ``index(path)`` brings an index in line with a folder: new and changed files are loaded,
-chunked and embedded batch by batch (each batch committed as it completes), deleted files are
-removed, renamed files re-pointed, and the FAISS file is rebuilt from SQLite. ``search`` and
-``ask`` always use the embedder recorded in the index.
+chunked and committed one by one, then embedded batch by batch (each batch committed as it
+completes); deleted files are removed, renamed files re-pointed, and the FAISS file is rebuilt
+from SQLite. ``search`` and ``ask`` always use the embedder recorded in the index; ``doctor``
+checks (and repairs) the index's files.
 """
 
 from __future__ import annotations
@@ -16,17 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.answerer import DEFAULT_ABSTAIN_BELOW, Answer, extractive_answer, llm_answer
+from ragkit.chat import ChatModel, OpenAIChatModel
 from ragkit.chunking import chunk_document
 from ragkit.config import Settings
-from ragkit.documents import Document, Skipped, discover, load_document, relative_path
-from ragkit.embedders import Embedder, embed_batches, make_embedder, parse_spec
-from ragkit.errors import ConfigError, IndexMismatchError, LoadError, RagkitError
+from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
+from ragkit.documents import Skipped
+from ragkit.embedders import (
+    Embedder,
+    embed_batches,
+    make_embedder,
+    parse_spec,
+    price_per_million_tokens,
+)
+from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
 from ragkit.evaluation import PROTOCOLS, EvalReport, load_beir
 from ragkit.evaluation import evaluate as run_evaluation
 from ragkit.filters import Filters, make_filters
 from ragkit.retriever import MODES, Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
-from ragkit.store import Store
+from ragkit.store import DocumentRow, HealthReport, Problem, Store, cache_key
+from ragkit.sync import FolderSync
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +64,8 @@ class IndexReport:
     chunks: int = 0
     tokens_embedded: int = 0
     seconds: float = 0.0
-    dry_run: bool = False
+    dry_run: bool = False  # True: nothing was embedded or written; counts are what a run would do
+    cost_usd: float | None = None  # tokens_embedded at the model's list price; None if unknown
 
     @property
     def ok(self) -> bool:
@@ -84,20 +95,50 @@ class IndexStatus:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _folder_sync(root: Path, known: dict[str, DocumentRow], settings: Settings) -> FolderSync:
+    """The comparison of ``root`` with an index's documents, under the settings' limits."""
+    return FolderSync(
+        root,
+        known,
+        exclude=[Path(settings.index_dir)],
+        max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
+    )
+
+
 def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
     return Settings.load(**overrides) if settings is None else settings.replace(**overrides)
 
 
-def _embedder(spec: str, settings: Settings) -> Embedder:
+def openai_credentials(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments ``make_client`` needs to reach OpenAI, a compatible server or Azure."""
+    return {
+        "api_key": settings.openai_api_key,
+        "base_url": settings.openai_base_url,
+        "azure_endpoint": settings.azure_endpoint,
+        "azure_api_key": settings.azure_api_key,
+        "azure_api_version": settings.azure_api_version,
+    }
+
+
+def _embedder(spec: str, settings: Settings, *, count_only: bool = False) -> Embedder:
     return make_embedder(
         spec,
-        api_key=settings.openai_api_key,
-        base_url=settings.openai_base_url,
+        **openai_credentials(settings),
+        azure_deployment=settings.azure_deployment,
+        concurrency=settings.openai_concurrency,
+        timeout=settings.openai_timeout,
+        max_retries=settings.openai_max_retries,
         batch_size=settings.batch_size,
+        count_only=count_only,  # a dry run counts tokens: no credentials needed
     )
 
 
-def open_index(settings: Settings) -> tuple[Store, Embedder]:
+def _cost(embedder: Embedder, tokens: int) -> float | None:
+    price = price_per_million_tokens(embedder)
+    return None if price is None else tokens * price / 1e6
+
+
+def open_index(settings: Settings, *, count_only: bool = False) -> tuple[Store, Embedder]:
     """The index named by ``settings`` and the embedder it was built with."""
     store = Store.open(settings.index_path)
     m = store.manifest
@@ -111,7 +152,7 @@ def open_index(settings: Settings) -> tuple[Store, Embedder]:
                 " or build a new index with --index NEW_NAME"
             )
     try:
-        return store, _embedder(m.embedder_spec, settings)
+        return store, _embedder(m.embedder_spec, settings, count_only=count_only)
     except BaseException:
         store.close()
         raise
@@ -123,9 +164,14 @@ def index(
     *,
     progress: Progress | None = None,
     wait: bool = False,
+    dry_run: bool = False,
     **overrides: Any,
 ) -> IndexReport:
-    """Bring the index in line with the files under ``path``; returns what changed."""
+    """Bring the index in line with the files under ``path``; returns what changed.
+
+    With ``dry_run`` nothing is embedded or written (no index is created): the report says what
+    a run would embed, how many tokens that is, and what it would cost.
+    """
     settings = _settings(settings, overrides)
     started = time.perf_counter()
     root = Path(path)
@@ -133,6 +179,8 @@ def index(
         raise RagkitError(f"no such file or folder: {path}")
     source = str(root.resolve())
     note = progress or (lambda stage, done, total: None)
+    if dry_run:
+        return _estimate(root, source, settings, started)
 
     if Store.exists(settings.index_path):
         store, embedder = open_index(settings)
@@ -154,121 +202,171 @@ def index(
             )
         store.set_source(source)
 
-        # 1. Which files are there, and which changed since the last run.
+        # 1. Compare the folder with the index; 2. apply each change as it is found, committing
+        # each document with its chunks (unchanged chunk texts keep their vectors).
         note("scan", 0, 0)
-        files, skipped = discover(
-            root,
-            exclude=[Path(settings.index_dir)],
-            max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
-        )
-        known = store.documents()
-        present = {relative_path(f, root): f for f in files}
+        sync = _folder_sync(root, store.documents(), settings)
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
-        added: list[str] = []
-        changed: list[str] = []
-        moved: list[tuple[str, str]] = []
-        failed: list[Skipped] = []
-        warnings: list[tuple[str, str]] = []
-        unchanged = reused = 0
-        loaded: list[tuple[Document, bool]] = []  # (document, is new)
+        reused = 0
+        for change in sync.changes(note):
+            if change.kind == "same":
+                store.touch_document(change.path, mtime=change.mtime)
+            elif change.kind == "moved" and change.old_path is not None:
+                store.move_document(change.old_path, change.path, mtime=change.mtime)
+            elif change.doc is not None:
+                doc = change.doc
+                chunks = chunk_document(
+                    doc,
+                    embedder.count_tokens,
+                    max_tokens=max_tokens,
+                    overlap=settings.chunk_overlap,
+                )
+                _, reused_here = store.put_document(
+                    path=doc.path,
+                    sha256=doc.sha256,
+                    size=doc.size,
+                    mtime=doc.mtime,
+                    kind=doc.kind,
+                    pages=len(doc.pages),
+                    warnings=doc.warnings,
+                    chunks=chunks,
+                )
+                reused += reused_here
 
-        for done, (rel, file) in enumerate(present.items(), start=1):
-            note("load", done, len(present))
-            row = known.get(rel)
-            try:
-                stat = file.stat()
-                if (
-                    row
-                    and row.status == "indexed"
-                    and (row.size, row.mtime)
-                    == (
-                        stat.st_size,
-                        stat.st_mtime,
-                    )
-                ):
-                    unchanged += 1  # fast path: size and mtime unchanged
-                    continue
-                doc = load_document(file, root)
-            except LoadError as exc:
-                (failed if exc.failed else skipped).append(Skipped(rel, exc.reason, exc.failed))
-                continue
-            except OSError as exc:
-                failed.append(Skipped(rel, f"unreadable: {exc.strerror or exc}", True))
-                continue
-            warnings.extend((rel, w) for w in doc.warnings)
-            if row and row.sha256 == doc.sha256:
-                # Same bytes (touched, or interrupted before all its vectors were stored: those
-                # still missing are embedded below).
-                store.touch_document(rel, mtime=doc.mtime)
-                unchanged += 1
-                continue
-            loaded.append((doc, row is None))
-
-        # 2. Renames: a new path whose bytes match a document whose path is gone.
-        gone = {p: r for p, r in known.items() if p not in present}
-        by_hash = {r.sha256: p for p, r in gone.items() if r.status == "indexed"}
-        for doc, is_new in list(loaded):
-            old = by_hash.pop(doc.sha256, None) if is_new else None
-            if old is not None:
-                store.move_document(old, doc.path, mtime=doc.mtime)
-                moved.append((old, doc.path))
-                del gone[old]
-                loaded.remove((doc, is_new))
-        removed = sorted(gone)
+        # 3. Remove what is gone, after the loads above could take over its vectors.
+        removed = sync.removed
         store.remove_documents(removed)
-
-        # 3. Chunk what is new or changed; unchanged chunk texts keep their vectors.
-        for doc, is_new in loaded:
-            chunks = chunk_document(
-                doc, embedder.count_tokens, max_tokens=max_tokens, overlap=settings.chunk_overlap
-            )
-            _, reused_here = store.put_document(
-                path=doc.path,
-                sha256=doc.sha256,
-                size=doc.size,
-                mtime=doc.mtime,
-                kind=doc.kind,
-                pages=len(doc.pages),
-                warnings=doc.warnings,
-                chunks=chunks,
-            )
-            reused += reused_here
-            (added if is_new else changed).append(doc.path)
 
         # 4. Embed every chunk still without a vector, committing batch by batch.
         pending = store.pending()
         embedded = tokens = 0
         note("embed", 0, len(pending))
         texts = [t for _, t, _ in pending]
-        for positions, vectors in embed_batches(embedder, texts, max(settings.batch_size * 4, 64)):
-            batch_tokens = sum(pending[int(p)][2] for p in positions)
+        for positions, vectors, used in embed_batches(
+            embedder, texts, max(settings.batch_size * 4, 64)
+        ):
+            # The provider's own count when it reports one (what is billed), else ours.
+            batch_tokens = used if used is not None else sum(pending[int(p)][2] for p in positions)
             store.set_vectors([pending[int(p)][0] for p in positions], vectors, batch_tokens)
             embedded += len(positions)
             tokens += batch_tokens
             note("embed", embedded, len(pending))
 
-        # 5. Derive the FAISS file from SQLite when anything changed (or it disagrees).
-        if embedded or removed or loaded or moved or not store.vectors_agree():
-            store.save_vectors()
+        # 5. Derive the FAISS file from SQLite when anything changed, or when a killed run left
+        # it (or the manifest's count of it) behind.
         counts = store.counts()
+        if (
+            embedded
+            or removed
+            or sync.added
+            or sync.changed
+            or store.manifest.faiss_count != counts["vectors"]
+            or not store.vectors_agree()
+        ):
+            store.save_vectors()
         return IndexReport(
             index=str(settings.index_path),
             embedder=store.manifest.embedder_spec,
-            added=tuple(added),
-            changed=tuple(changed),
+            added=tuple(sync.added),
+            changed=tuple(sync.changed),
             removed=tuple(removed),
-            moved=tuple(moved),
-            unchanged=unchanged,
-            skipped=tuple(skipped),
-            failed=tuple(failed),
-            warnings=tuple(warnings),
+            moved=tuple(sync.moved),
+            unchanged=sync.unchanged,
+            skipped=tuple(sync.skipped),
+            failed=tuple(sync.failed),
+            warnings=tuple(sync.warnings),
             chunks_embedded=embedded,
             chunks_reused=reused,
             documents=counts["documents"],
             chunks=counts["chunks"],
             tokens_embedded=tokens,
             seconds=time.perf_counter() - started,
+            cost_usd=_cost(embedder, tokens),
         )
+
+
+def _estimate(root: Path, source: str, settings: Settings, started: float) -> IndexReport:
+    """What ``index`` would do (``--dry-run``): load and chunk, but embed and write nothing."""
+    store: Store | None = None
+    if Store.exists(settings.index_path):
+        store, embedder = open_index(settings, count_only=True)
+    else:
+        spec = settings.embedder or ("openai" if settings.openai_configured else "local")
+        embedder = _embedder(spec, settings, count_only=True)
+    try:
+        if store is not None and store.manifest.source and store.manifest.source != source:
+            raise ConfigError(
+                f"index {settings.index} mirrors {store.manifest.source}, not {source}:"
+                f" re-index that folder, or pass --index NEW_NAME for this one"
+            )
+        known = store.documents() if store is not None else {}
+        sync = _folder_sync(root, known, settings)
+        max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
+        to_embed = reused = tokens = new_chunks = 0
+        same: set[str] = set()  # unchanged bytes: a run embeds their chunks still without vectors
+        for change in sync.changes(lambda stage, done, total: None):
+            if change.kind == "same":
+                same.add(change.path)
+            if change.doc is None:
+                continue
+            pieces = chunk_document(
+                change.doc,
+                embedder.count_tokens,
+                max_tokens=max_tokens,
+                overlap=settings.chunk_overlap,
+            )
+            cached: set[str] = set()
+            if store is not None:  # the embedding cache: texts this model has already embedded
+                m = store.manifest
+                keys = [
+                    cache_key(c.text, embedder=m.embedder, model=m.model, dimension=m.dimension)
+                    for c in pieces
+                ]
+                cached = store.cached_keys(keys)
+            else:
+                keys = [""] * len(pieces)
+            for piece, key in zip(pieces, keys, strict=True):
+                if key in cached:
+                    reused += 1
+                else:
+                    to_embed += 1
+                    tokens += piece.tokens
+            new_chunks += len(pieces)
+        if store is not None and same:
+            waiting = store.pending()
+            where = store.chunks([i for i, _, _ in waiting])
+            for i, _, n in waiting:
+                if where[i].path in same:
+                    to_embed += 1
+                    tokens += n
+        documents = len(known) - len(sync.gone) + len(sync.added)
+        staying = (
+            r.chunks for p, r in known.items() if p not in sync.gone and p not in sync.changed
+        )
+        chunks = sum(staying) + new_chunks
+    finally:
+        if store is not None:
+            store.close()
+    return IndexReport(
+        index=str(settings.index_path),
+        embedder=f"{embedder.name}:{embedder.model}",
+        added=tuple(sync.added),
+        changed=tuple(sync.changed),
+        removed=tuple(sync.removed),
+        moved=tuple(sync.moved),
+        unchanged=sync.unchanged,
+        skipped=tuple(sync.skipped),
+        failed=tuple(sync.failed),
+        warnings=tuple(sync.warnings),
+        chunks_embedded=to_embed,
+        chunks_reused=reused,
+        documents=documents,
+        chunks=chunks,
+        tokens_embedded=tokens,
+        seconds=time.perf_counter() - started,
+        dry_run=True,
+        cost_usd=_cost(embedder, tokens),
+    )
 
 
 def filters(settings: Settings) -> Filters:
@@ -315,31 +413,68 @@ def ask(
     settings: Settings | None = None,
     *,
     on_text: Callable[[str], None] | None = None,
+    history: Sequence[Turn] = (),
     **overrides: Any,
 ) -> Answer:
     """Answer ``question`` from the index, with numbered citations.
 
     Uses the chat model when OpenAI (or a compatible server) is configured, otherwise quotes the
-    most relevant sentences. ``on_text`` receives the LLM answer as it streams.
+    most relevant sentences. ``on_text`` receives the LLM answer as it streams. ``history`` holds
+    a conversation's earlier turns: the newest that fit ``chat_history_tokens`` go to the model,
+    and the previous question helps retrieval for follow-ups.
     """
     settings = _settings(settings, overrides)
     question = check_query(question)
-    filters(settings)
+    history = fit_history(history, settings.chat_history_tokens)
+    use_llm = settings.openai_configured if settings.llm is None else settings.llm
+    queries = [question]
+    followup = followup_query(question, history)
+    # Only a model can tell a follow-up from a change of topic (an earlier question's words
+    # would make any new question look answerable), so extractive answers search the question
+    # alone.
+    if followup and use_llm:
+        queries.append(followup)
+    filters(settings)  # refuse bad filter values before opening anything
     store, embedder = open_index(settings)
     with store:
-        hits = _retrieve(store, embedder, question, settings)
+        found = [_retrieve(store, embedder, q, settings) for q in queries]
+    hits = merge_hits(found, settings.k)
     threshold = settings.abstain_below
     if threshold is None:
         threshold = DEFAULT_ABSTAIN_BELOW.get(embedder.name, 0.3)
-    use_llm = settings.openai_configured if settings.llm is None else settings.llm
     if not use_llm:
         return extractive_answer(question, hits, embedder, abstain_below=threshold)
-    from ragkit.chat import OpenAIChatModel
-
-    chat = OpenAIChatModel(
-        settings.chat_model, api_key=settings.openai_api_key, base_url=settings.openai_base_url
+    return llm_answer(
+        question,
+        hits,
+        chat_model(settings),
+        abstain_below=threshold,
+        stream=on_text,
+        history=history,
     )
-    return llm_answer(question, hits, chat, abstain_below=threshold, stream=on_text)
+
+
+def chat_model(settings: Settings) -> ChatModel:
+    """The chat model ``settings`` describe, its request shaped for the model's family."""
+    client = None
+    if settings.azure_endpoint:
+        # Azure OpenAI through the SDK's Azure client; the chat model names the deployment.
+        from ragkit.chat import without_quota_retries
+        from ragkit.openai_client import make_client
+
+        client = without_quota_retries(make_client(**openai_credentials(settings)))
+    return OpenAIChatModel(
+        settings.chat_model,
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,
+        client=client,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_tokens=settings.max_tokens,
+        seed=settings.seed,
+        stop=settings.stop,
+        reasoning_effort=settings.reasoning_effort,
+    )
 
 
 def status(settings: Settings | None = None, **overrides: Any) -> IndexStatus:
@@ -399,3 +534,23 @@ def evaluate(
         batch_size=max(settings.batch_size * 2, 64),
         progress=progress,
     )
+
+
+def doctor(
+    settings: Settings | None = None, *, repair: bool = False, wait: bool = False, **overrides: Any
+) -> HealthReport:
+    """Check that the index's parts agree (FAISS, SQLite, keyword index, manifest); ``repair`` fixes
+    what can be fixed without the source files. Embedding what is missing is ``index``'s job."""
+    settings = _settings(settings, overrides)
+    try:
+        store = Store.open(settings.index_path)
+    except IndexMismatchError as exc:  # a manifest that names no embedder, or another schema
+        return HealthReport(
+            index=str(settings.index_path),
+            problems=(Problem("manifest", str(exc), "build a new index", repairable=False),),
+        )
+    with store:
+        if not repair:
+            return store.check()
+        store.lock(wait=wait)
+        return store.repair()

@@ -11,12 +11,22 @@ Layout of ``indexes/<name>/``:
   SQLite (same ids) and rebuilt from SQLite when the two disagree.
 - ``write.lock``: held (``flock``) by the one process allowed to write.
 
-This is the only module that reads or writes index files.
+Why equal ids are enough to trust the FAISS file: chunk ids are never reused (AUTOINCREMENT) and
+a chunk's vector is written once, so an id names one vector for the life of the index.
+
+The embedding cache is the ``chunks`` table itself: a new chunk whose ``cache_key`` matches a
+stored chunk's takes that chunk's vector instead of being embedded. The key hashes the embedder,
+model and dimension with the text, so a vector is only ever reused for the model that made it.
+
+``Store.check`` verifies these parts against each other (``ragkit doctor``); ``Store.repair``
+mends what it can without the source files. This is the only module that reads or writes index
+files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import errno
 import fcntl
@@ -24,7 +34,9 @@ import hashlib
 import logging
 import os
 import re
+import shlex
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,16 +56,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: chunk ids never reused, cache_key names the model, unique ordinals
 DB_NAME = "ragkit.db"
 FAISS_NAME = "vectors.faiss"
 LOCK_NAME = "write.lock"
+_TMP_GLOB = f".{FAISS_NAME}.*.tmp"
+_FAISS_THREADS = threading.Lock()
 _ADD_SLICE = 65_536  # rows per FAISS add: IndexFlat copies what it is given
 
 
-def text_hash(text: str) -> str:
-    """The key of a chunk's text in the embedding cache."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def cache_key(text: str, *, embedder: str, model: str, dimension: int) -> str:
+    """The key of a chunk's vector in the embedding cache: which model embedded which text."""
+    head = f"{embedder}\0{model}\0{dimension}\0".encode()
+    return hashlib.sha256(head + text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,39 @@ class StoredChunk:
     tokens: int
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an index, and what fixes it."""
+
+    code: str  # stable short name: "faiss", "manifest", "fts", "orphans", "pending"...
+    detail: str  # what was found
+    fix: str  # what `ragkit doctor --repair` does about it, or what to run instead
+    repairable: bool  # True when Store.repair() fixes it
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """What ``Store.check`` found, and after ``Store.repair`` what it did."""
+
+    index: str
+    documents: int = 0
+    chunks: int = 0
+    vectors: int = 0  # chunks with a vector in SQLite
+    faiss_vectors: int | None = None  # vectors in the FAISS file; None when it cannot be read
+    problems: tuple[Problem, ...] = ()
+    repaired: tuple[str, ...] = ()  # what repair() did, in order
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems
+
+
+# Row conditions shared by check() and repair().
+_ORPHAN = "document_id NOT IN (SELECT id FROM documents)"
+_CHUNKS_MISSING = "chunks != (SELECT count(*) FROM chunks WHERE document_id = documents.id)"
+_LACKS_VECTORS = "EXISTS (SELECT 1 FROM chunks WHERE document_id = documents.id AND vector IS NULL)"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -127,7 +175,7 @@ CREATE TABLE IF NOT EXISTS documents (
 );
 CREATE INDEX IF NOT EXISTS documents_sha256 ON documents(sha256);
 CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     document_id INTEGER NOT NULL REFERENCES documents(id),
     ordinal INTEGER NOT NULL,
     text TEXT NOT NULL,
@@ -138,11 +186,11 @@ CREATE TABLE IF NOT EXISTS chunks (
     end_char INTEGER NOT NULL,
     heading TEXT NOT NULL DEFAULT '',
     tokens INTEGER NOT NULL,
-    text_hash TEXT NOT NULL,
+    cache_key TEXT NOT NULL,
     vector BLOB
 );
-CREATE INDEX IF NOT EXISTS chunks_document ON chunks(document_id, ordinal);
-CREATE INDEX IF NOT EXISTS chunks_text_hash ON chunks(text_hash);
+CREATE UNIQUE INDEX IF NOT EXISTS chunks_document ON chunks(document_id, ordinal);
+CREATE INDEX IF NOT EXISTS chunks_cache_key ON chunks(cache_key);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
     text, heading, content='chunks', content_rowid='id', tokenize='porter unicode61'
 );
@@ -159,6 +207,31 @@ CREATE TRIGGER IF NOT EXISTS chunks_au AFTER UPDATE OF text, heading ON chunks B
     INSERT INTO chunks_fts(rowid, text, heading) VALUES (new.id, new.text, new.heading);
 END;
 """
+
+
+# Manifest keys that only keep count or record history, with the value a fresh index has.
+_BOOKKEEPING = {
+    "created": "",
+    "updated": "",
+    "tokens_embedded": "0",
+    "faiss_generation": "0",
+    "faiss_count": "0",
+    "source": "",
+}
+
+
+def _faiss_ids(index: Any) -> NDArray[np.int64]:
+    """The ids an IndexIDMap2 holds, sorted."""
+    faiss = _import_faiss()
+    return np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
+
+
+def _index_flags(path: Path) -> str:
+    """The ``--index`` (and ``--index-dir``) flags that name the index at ``path``."""
+    flags = f" --index {shlex.quote(path.name)}"
+    if path.parent != Path("indexes"):
+        flags += f" --index-dir {shlex.quote(str(path.parent))}"
+    return flags
 
 
 def _now() -> str:
@@ -212,8 +285,21 @@ class Store:
 
     @classmethod
     def exists(cls, path: Path) -> bool:
-        """True when ``path`` holds an index."""
-        return (path / DB_NAME).is_file()
+        """True when ``path`` holds an index (a database with its manifest)."""
+        file = path / DB_NAME
+        if not file.is_file():
+            return False
+        conn = sqlite3.connect(file, timeout=30.0)
+        try:
+            # The manifest is written in the transaction that creates the tables, so a database
+            # without it is a create that was interrupted: no index yet.
+            return bool(
+                conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'manifest'"
+                ).fetchone()
+            )
+        finally:
+            conn.close()
 
     @classmethod
     def create(cls, path: Path, *, embedder: str, model: str, dimension: int) -> Store:
@@ -234,23 +320,37 @@ class Store:
             "faiss_generation": "0",
             "faiss_count": "0",
         }
-        with db.conn:
-            db.conn.executemany(
-                "INSERT OR IGNORE INTO manifest(key, value) VALUES (?, ?)", values.items()
-            )
-        return cls(path, db, cls._read_manifest(db))
+        conn = db.conn
+        # Tables and manifest in one transaction: a kill leaves no index or a whole one.
+        conn.executescript("BEGIN IMMEDIATE;\n" + _SCHEMA)
+        try:
+            if conn.execute("SELECT count(*) FROM manifest").fetchone()[0]:
+                raise RagkitError(
+                    f"another process created an index at {path} just now: run the command again"
+                )
+            conn.executemany("INSERT INTO manifest(key, value) VALUES (?, ?)", values.items())
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        conn.execute("COMMIT")
+        return cls(path, db, cls._read_manifest(db, path))
 
     @classmethod
     def open(cls, path: Path) -> Store:
         """Open the index at ``path``; raise IndexNotFoundError when there is none."""
         if not cls.exists(path):
             raise IndexNotFoundError(
-                f"no index at {path}: build one with `ragkit index PATH --index {path.name}`"
-                + (f" --index-dir {path.parent}" if path.parent != Path("indexes") else "")
+                f"no index at {path}: build one with `ragkit index PATH{_index_flags(path)}`"
             )
         db = cls._connect(path)
-        manifest = cls._read_manifest(db)
+        try:
+            manifest = cls._read_manifest(db, path)
+        except BaseException:
+            db.conn.close()
+            raise
         if manifest.schema_version != SCHEMA_VERSION:
+            db.conn.close()
             raise IndexMismatchError(
                 f"index {path} has schema version {manifest.schema_version}, this ragkit reads"
                 f" {SCHEMA_VERSION}: rebuild it with `ragkit index PATH --index {path.name}`"
@@ -270,30 +370,39 @@ class Store:
         conn.execute("PRAGMA busy_timeout=30000")
         # isolation_level=None is autocommit; `with conn:` is not a transaction in that mode,
         # so writes go through Store.transaction(), which issues BEGIN IMMEDIATE itself.
-        conn.executescript(_SCHEMA)
         return db
 
     @staticmethod
-    def _read_manifest(db: sqlite_utils.Database) -> Manifest:
+    def _read_manifest(db: sqlite_utils.Database, path: Path) -> Manifest:
         rows = dict(db.conn.execute("SELECT key, value FROM manifest").fetchall())
         try:
-            return Manifest(
-                embedder=rows["embedder"],
-                model=rows["model"],
-                dimension=int(rows["dimension"]),
-                schema_version=int(rows["schema_version"]),
-                created=rows["created"],
-                updated=rows["updated"],
-                tokens_embedded=int(rows["tokens_embedded"]),
-                faiss_generation=int(rows["faiss_generation"]),
-                faiss_count=int(rows["faiss_count"]),
-                source=rows.get("source", ""),
-            )
-        except KeyError as exc:
+            embedder, model = str(rows["embedder"]), str(rows["model"])
+            dimension, schema = int(rows["dimension"]), int(rows["schema_version"])
+        except (KeyError, ValueError) as exc:
             raise IndexMismatchError(
-                f"the index manifest lacks {exc.args[0]!r}:"
-                " run `ragkit doctor` or rebuild the index"
+                f"the manifest of index {path} is damaged ({exc!r}): the embedder that built it"
+                " is unknown; build a new index with `ragkit index PATH --index NEW_NAME`"
             ) from None
+
+        # Bookkeeping a damaged manifest may lack has safe defaults; `ragkit doctor` reports it.
+        def book(key: str) -> str:
+            value = str(rows.get(key, _BOOKKEEPING[key]))
+            return (
+                value if value.isdigit() or not _BOOKKEEPING[key].isdigit() else _BOOKKEEPING[key]
+            )
+
+        return Manifest(
+            embedder=embedder,
+            model=model,
+            dimension=dimension,
+            schema_version=schema,
+            created=book("created"),
+            updated=book("updated"),
+            tokens_embedded=int(book("tokens_embedded")),
+            faiss_generation=int(book("faiss_generation")),
+            faiss_count=int(book("faiss_count")),
+            source=book("source"),
+        )
 
     def close(self) -> None:
         """Release the write lock (if held) and the database connection."""
@@ -314,7 +423,7 @@ class Store:
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (source,),
             )
-        self.manifest = self._read_manifest(self.db)
+        self.manifest = self._read_manifest(self.db, self.path)
 
     # -- the write lock ----------------------------------------------------------------------
 
@@ -342,6 +451,9 @@ class Store:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}\n".encode())
         self._lock_fd = fd
+        # Another writer may have finished while this one waited: start from what it left.
+        self.manifest = self._read_manifest(self.db, self.path)
+        self._faiss = None
 
     def _lock_holder(self) -> str:
         try:
@@ -395,7 +507,11 @@ class Store:
         A new chunk takes the vector of any stored chunk with the same text (the embedding cache),
         including the document's own old chunks. Returns (chunks needing a vector, chunks reused).
         """
-        hashes = [text_hash(c.text) for c in chunks]
+        m = self.manifest
+        hashes = [
+            cache_key(c.text, embedder=m.embedder, model=m.model, dimension=m.dimension)
+            for c in chunks
+        ]
         with self.transaction() as conn:
             cached = self._cached_vectors(conn, hashes)
             old = conn.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchone()
@@ -422,7 +538,7 @@ class Store:
             doc_id = int(cur.lastrowid or 0)
             conn.executemany(
                 "INSERT INTO chunks(document_id, ordinal, text, page, start_line, end_line,"
-                " start_char, end_char, heading, tokens, text_hash, vector)"
+                " start_char, end_char, heading, tokens, cache_key, vector)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (
@@ -445,19 +561,23 @@ class Store:
         return missing, len(chunks) - missing
 
     @staticmethod
-    def _cached_vectors(conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, bytes]:
+    def _cached_vectors(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
-        unique = list(dict.fromkeys(hashes))
+        unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), 500):
             part = unique[start : start + 500]
             marks = ",".join("?" * len(part))
             for h, blob in conn.execute(
-                f"SELECT text_hash, vector FROM chunks WHERE vector IS NOT NULL"
-                f" AND text_hash IN ({marks})",
+                f"SELECT cache_key, vector FROM chunks WHERE vector IS NOT NULL"
+                f" AND cache_key IN ({marks})",
                 part,
             ):
                 found[h] = blob
         return found
+
+    def cached_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of these embedding-cache keys already have a stored vector."""
+        return set(self._cached_vectors(self.db.conn, keys))
 
     def move_document(self, old_path: str, new_path: str, *, mtime: float) -> None:
         """Re-point a document at its new path (a rename: same bytes, no re-embedding)."""
@@ -577,13 +697,27 @@ class Store:
     # -- vectors -----------------------------------------------------------------------------
 
     def _all_vectors(self) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        d = self.manifest.dimension
+        bad = self._wrong_size_vectors()
+        if bad:
+            raise RagkitError(
+                f"{bad} stored vectors of index {self.path.name} are not {d} floats long:"
+                f" run `ragkit doctor --repair --index {self.path.name}`, then `ragkit index` again"
+            )
         rows = self.db.conn.execute(
             "SELECT id, vector FROM chunks WHERE vector IS NOT NULL ORDER BY id"
         ).fetchall()
-        d = self.manifest.dimension
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), d)
         return ids, vectors.astype(np.float32, copy=False)
+
+    def _wrong_size_vectors(self) -> int:
+        return int(
+            self.db.conn.execute(
+                "SELECT count(*) FROM chunks WHERE vector IS NOT NULL AND length(vector) != ?",
+                (4 * self.manifest.dimension,),
+            ).fetchone()[0]
+        )
 
     def _build_faiss(self) -> Any:
         faiss = _import_faiss()
@@ -595,71 +729,108 @@ class Store:
 
     def save_vectors(self) -> int:
         """Rebuild the FAISS file from SQLite, atomically; returns the new generation."""
-        faiss = _import_faiss()
         index = self._build_faiss()
+        self._write_faiss(index)
+        return self.manifest.faiss_generation
+
+    def _write_faiss(self, index: Any) -> None:
+        """Replace the FAISS file with ``index`` (whole, or not at all), then record it."""
+        faiss = _import_faiss()
+        for stale in self.path.glob(_TMP_GLOB):  # left by a writer that was killed
+            stale.unlink(missing_ok=True)
         final = self.path / FAISS_NAME
         tmp = self.path / f".{FAISS_NAME}.{os.getpid()}.tmp"
         faiss.write_index(index, str(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        self._replace(tmp, final)
+        # A kill here leaves the new file with the old generation and count in the manifest:
+        # harmless, because readers trust the ids in the file, not these counters.
+        generation = self.manifest.faiss_generation + 1
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO manifest(key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [
+                    ("faiss_generation", str(generation)),
+                    ("faiss_count", str(index.ntotal)),
+                    ("updated", _now()),
+                ],
+            )
+        self.manifest = self._read_manifest(self.db, self.path)
+        self._faiss = index
+
+    def _replace(self, tmp: Path, final: Path) -> None:
+        """Rename ``tmp`` over ``final`` and make the rename durable."""
         os.replace(tmp, final)
         dir_fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        generation = self.manifest.faiss_generation + 1
-        with self.transaction() as conn:
-            conn.executemany(
-                "UPDATE manifest SET value = ? WHERE key = ?",
-                [
-                    (str(generation), "faiss_generation"),
-                    (str(index.ntotal), "faiss_count"),
-                    (_now(), "updated"),
-                ],
-            )
-        self.manifest = self._read_manifest(self.db)
-        self._faiss = index
-        return generation
 
     def vectors_agree(self) -> bool:
         """True when the FAISS file holds exactly the chunk ids that SQLite has vectors for."""
         index = self._load_faiss_file()
-        if index is None:
-            return False
-        faiss = _import_faiss()
-        stored = np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
-        return bool(np.array_equal(stored, self.chunk_ids()))
+        return index is not None and bool(np.array_equal(_faiss_ids(index), self.chunk_ids()))
 
     def _load_faiss_file(self) -> Any | None:
+        index, problem = self._read_faiss_file()
+        if problem and (self.path / FAISS_NAME).is_file():
+            log.warning("%s; rebuilding it from SQLite", problem)
+        return index
+
+    def _read_faiss_file(self) -> tuple[Any | None, str]:
+        """The FAISS file's index, or None and what is wrong with it."""
         file = self.path / FAISS_NAME
         if not file.is_file():
-            return None
+            return None, f"{FAISS_NAME} is missing"
         faiss = _import_faiss()
         try:
             index = faiss.read_index(str(file))
         except RuntimeError as exc:
-            log.warning("cannot read %s (%s); rebuilding it from SQLite", file, exc)
-            return None
-        if index.d != self.manifest.dimension or not isinstance(index, faiss.IndexIDMap2):
-            return None
-        return index
+            return None, f"cannot read {FAISS_NAME} ({' '.join(str(exc).split())[:120]})"
+        if not isinstance(index, faiss.IndexIDMap2):
+            return None, f"{FAISS_NAME} is a {type(index).__name__}, not an IndexIDMap2"
+        if index.d != self.manifest.dimension:
+            return (
+                None,
+                f"{FAISS_NAME} holds {index.d}-dim vectors, the index {self.manifest.dimension}",
+            )
+        return index, ""
 
     def faiss_index(self) -> Any:
-        """The FAISS index, verified against SQLite and rebuilt in memory if they disagree."""
+        """The FAISS index, verified against SQLite and rebuilt from it if they disagree."""
         if self._faiss is not None:
             return self._faiss
         index = self._load_faiss_file()
-        faiss = _import_faiss()
-        if index is not None:
-            stored = np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
-            if not np.array_equal(stored, self.chunk_ids()):
-                log.warning("FAISS file and SQLite disagree; rebuilding vectors from SQLite")
-                index = None
+        if index is not None and not np.array_equal(_faiss_ids(index), self.chunk_ids()):
+            log.info("FAISS file and SQLite disagree; rebuilding vectors from SQLite")
+            index = None
         if index is None:
-            index = self._build_faiss()
+            index = self._rebuild_faiss()
         self._faiss = index
         return index
+
+    def _rebuild_faiss(self) -> Any:
+        """FAISS rebuilt from SQLite, and saved too when no writer is at work."""
+        if self._lock_fd is not None:  # this process is the writer: it saves when it is done
+            return self._build_faiss()
+        try:
+            self.lock()
+        except (IndexLockedError, OSError):
+            # A writer will save its own; or the index is read-only to us. Build in memory.
+            return self._build_faiss()
+        try:
+            # Built under the lock, so no writer can change SQLite between the build and the save.
+            index = self._build_faiss()
+            try:
+                self._write_faiss(index)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("could not save the rebuilt %s (%s)", FAISS_NAME, exc)
+            return index
+        finally:
+            self.unlock()
 
     def search_vectors(
         self, queries: NDArray[np.float32], k: int, *, allowed: NDArray[np.int64] | None = None
@@ -672,14 +843,18 @@ class Store:
         if allowed is not None:
             params = faiss.SearchParameters()
             params.sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-        # OpenMP threads make a single small query slower on few cores; batches keep them.
-        threads = faiss.omp_get_max_threads()
-        if len(q) < 8:
-            faiss.omp_set_num_threads(1)
-        try:
+        if len(q) >= 8:
             scores, ids = index.search(q, k, params=params)
-        finally:
-            faiss.omp_set_num_threads(threads)
+            return scores, ids
+        # OpenMP threads make a single small query slower on few cores (17x at 10k vectors here).
+        # The thread count is process-wide, so concurrent searches change it under one lock.
+        with _FAISS_THREADS:
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                scores, ids = index.search(q, k, params=params)
+            finally:
+                faiss.omp_set_num_threads(threads)
         return scores, ids
 
     # -- keyword search ----------------------------------------------------------------------
@@ -723,3 +898,187 @@ class Store:
         if where:
             raise KeyError(f"no stored vector for chunk(s) {sorted(where)[:5]}")
         return out
+
+    # -- health ------------------------------------------------------------------------------
+
+    def check(self) -> HealthReport:
+        """Verify SQLite, the manifest, the keyword index and FAISS against each other."""
+        conn = self.db.conn
+        problems: list[Problem] = []
+
+        def found(code: str, detail: str, fix: str, repairable: bool = True) -> None:
+            problems.append(Problem(code, detail, fix, repairable))
+
+        quick = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+        if quick != ["ok"]:
+            found(
+                "sqlite",
+                f"the database is damaged: {'; '.join(quick[:3])}",
+                "build a new index: `ragkit index PATH --index NEW_NAME`",
+                repairable=False,
+            )
+        if bad := self._bad_bookkeeping():
+            found("manifest", f"manifest lacks or garbles {', '.join(bad)}", "rewrite them")
+
+        sqlite_ids = self.chunk_ids()
+        index, unreadable = self._read_faiss_file()
+        if index is None:
+            found("faiss", unreadable, "rebuild it from SQLite")
+        else:
+            ids = _faiss_ids(index)
+            if not np.array_equal(ids, sqlite_ids):
+                found(
+                    "faiss",
+                    f"{FAISS_NAME} holds {ids.size} vectors, SQLite {sqlite_ids.size}:"
+                    f" {np.setdiff1d(ids, sqlite_ids).size} ids only in FAISS,"
+                    f" {np.setdiff1d(sqlite_ids, ids).size} only in SQLite",
+                    "rebuild it from SQLite",
+                )
+            elif differ := self._faiss_vectors_differ(index):
+                found(
+                    "faiss",
+                    f"{differ} vectors in {FAISS_NAME} differ from SQLite's",
+                    "rebuild it from SQLite",
+                )
+            if index.ntotal != self.manifest.faiss_count:
+                found(
+                    "faiss-count",
+                    f"the manifest says {FAISS_NAME} holds {self.manifest.faiss_count} vectors,"
+                    f" it holds {index.ntotal}",
+                    "rebuild the FAISS file and record its count",
+                )
+        if temps := list(self.path.glob(_TMP_GLOB)):
+            found(
+                "temp-files",
+                f"{len(temps)} temporary FAISS files left by an interrupted write",
+                "delete them",
+            )
+
+        def count(sql: str, *args: Any) -> int:
+            return int(conn.execute(sql, args).fetchone()[0])
+
+        if n := self._wrong_size_vectors():
+            found(
+                "vectors",
+                f"{n} stored vectors are not {self.manifest.dimension} floats long",
+                "clear them; the next `ragkit index` embeds those chunks again",
+            )
+        if n := count(f"SELECT count(*) FROM chunks WHERE {_ORPHAN}"):
+            found("orphans", f"{n} chunks belong to no document", "delete them")
+        try:
+            conn.execute("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
+        except sqlite3.DatabaseError as exc:
+            found(
+                "fts",
+                f"the keyword index does not match the chunks ({exc})",
+                "rebuild the keyword index",
+            )
+        if n := count(f"SELECT count(*) FROM documents WHERE {_CHUNKS_MISSING}"):
+            found(
+                "chunks",
+                f"{n} documents do not have the chunks they should",
+                "mark them so the next `ragkit index` reads them again",
+            )
+        if n := count(
+            f"SELECT count(*) FROM documents WHERE status = 'indexed' AND {_LACKS_VECTORS}"
+        ):
+            found(
+                "status",
+                f"{n} documents marked indexed lack vectors",
+                "mark them pending; the next `ragkit index` embeds what they lack",
+            )
+        pending = count("SELECT count(*) FROM documents WHERE status = 'pending'")
+        if pending:
+            waiting = count("SELECT count(*) FROM chunks WHERE vector IS NULL")
+            source = shlex.quote(self.manifest.source) if self.manifest.source else "PATH"
+            found(
+                "pending",
+                f"{pending} documents are not fully indexed ({waiting} chunks wait for vectors):"
+                " an index run was interrupted, or a repair marked them to be read again",
+                f"run `ragkit index {source}{_index_flags(self.path)}`; doctor does not embed",
+                repairable=False,
+            )
+        counts = self.counts()
+        return HealthReport(
+            index=str(self.path),
+            documents=counts["documents"],
+            chunks=counts["chunks"],
+            vectors=counts["vectors"],
+            faiss_vectors=None if index is None else int(index.ntotal),
+            problems=tuple(problems),
+        )
+
+    def _bad_bookkeeping(self) -> list[str]:
+        rows = dict(self.db.conn.execute("SELECT key, value FROM manifest").fetchall())
+        bad = []
+        for key, default in _BOOKKEEPING.items():
+            if key == "source":
+                continue  # set by the first `ragkit index`; an index built by hand has none
+            value = rows.get(key)
+            if value is None or (default.isdigit() and not str(value).isdigit()):
+                bad.append(key)
+        return bad
+
+    def _faiss_vectors_differ(self, index: Any) -> int:
+        """How many vectors in ``index`` are not bit-for-bit those SQLite holds for their ids."""
+        faiss = _import_faiss()
+        if index.ntotal == 0 or self._wrong_size_vectors():
+            return 0
+        order = faiss.vector_to_array(index.id_map).astype(np.int64)
+        held = index.index.reconstruct_n(0, index.ntotal)
+        ids, vectors = self._all_vectors()  # sorted by id, the same set as `order`
+        mine = vectors[np.searchsorted(ids, order)]
+        return int(np.count_nonzero(np.any(held != mine, axis=1)))
+
+    def repair(self) -> HealthReport:
+        """Fix what ``check`` finds that can be fixed without the source files (takes the lock).
+
+        Returns the state afterwards, with ``repaired`` saying what was done. Chunks left
+        without vectors are for the next ``ragkit index`` to embed.
+        """
+        self.lock()
+        before = {p.code for p in self.check().problems}
+        done: list[str] = []
+        with self.transaction() as conn:
+            if "manifest" in before:
+                bad = self._bad_bookkeeping()
+                conn.executemany(
+                    "INSERT INTO manifest(key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    [(k, _BOOKKEEPING[k]) for k in bad],
+                )
+                done.append(f"reset manifest {', '.join(bad)}")
+            if "orphans" in before:
+                n = conn.execute(f"DELETE FROM chunks WHERE {_ORPHAN}").rowcount
+                done.append(f"deleted {n} orphan chunks")
+            if "vectors" in before:
+                size = 4 * self.manifest.dimension
+                n = conn.execute(
+                    "UPDATE chunks SET vector = NULL"
+                    " WHERE vector IS NOT NULL AND length(vector) != ?",
+                    (size,),
+                ).rowcount
+                done.append(f"cleared {n} vectors of the wrong size")
+            if "chunks" in before:
+                # An empty hash never matches a file, so the next run reads and re-chunks them;
+                # until then what is left of them stays searchable.
+                n = conn.execute(
+                    "UPDATE documents SET sha256 = '', status = 'pending', chunks ="
+                    f" (SELECT count(*) FROM chunks WHERE document_id = documents.id)"
+                    f" WHERE {_CHUNKS_MISSING}"
+                ).rowcount
+                done.append(f"marked {n} documents to be read again")
+            if before & {"vectors", "status"}:
+                n = conn.execute(
+                    "UPDATE documents SET status = 'pending'"
+                    f" WHERE status = 'indexed' AND {_LACKS_VECTORS}"
+                ).rowcount
+                done.append(f"marked {n} documents pending")
+            if "fts" in before:
+                conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
+                done.append("rebuilt the keyword index")
+        if done or before & {"faiss", "faiss-count", "temp-files"}:
+            self.save_vectors()  # also deletes temporary files
+            done.append(f"rebuilt {FAISS_NAME} from SQLite ({self.manifest.faiss_count} vectors)")
+        after = self.check()
+        return dataclasses.replace(after, repaired=tuple(done))

@@ -276,3 +276,16 @@ def test_scifact_loads_with_the_published_counts():
 
 def test_public_api_has_evaluate():
     assert ragkit.evaluate is evaluate and "evaluate" in ragkit.__all__
+
+
+def test_a_stale_cache_is_rebuilt(tmp_path):
+    import sqlite3
+
+    dataset = make_dataset(tmp_path / "tiny")
+    first = evaluate(dataset, index_dir=tmp_path / "ix", embedder="bow", protocols=("document",))
+    db = Path(first.protocols[0].index) / "ragkit.db"
+    with sqlite3.connect(db) as conn:  # as if an older ragkit had written it
+        conn.execute("UPDATE manifest SET value = '1' WHERE key = 'schema_version'")
+    again = evaluate(dataset, index_dir=tmp_path / "ix", embedder="bow", protocols=("document",))
+    assert again.protocols[0].chunks_embedded == 5
+    assert [r.ndcg_at_10 for r in again.results] == [r.ndcg_at_10 for r in first.results]

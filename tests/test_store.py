@@ -7,7 +7,7 @@ import pytest
 
 from ragkit.chunking import Chunk
 from ragkit.errors import IndexLockedError, IndexNotFoundError
-from ragkit.store import FAISS_NAME, Store
+from ragkit.store import FAISS_NAME, Store, _faiss_ids, cache_key
 from tests.fakes import BagOfWordsEmbedder
 
 
@@ -152,3 +152,45 @@ def test_fts_follows_chunk_changes(tmp_path):
         chunks=_chunks(["tiger stripes"]),
     )
     assert fts("lion") == 0 and fts("tiger") == 1
+
+
+def test_the_cache_key_names_embedder_model_and_dimension(tmp_path):
+    text = "the same words"
+    keys = {
+        cache_key(text, embedder="bow", model="hash-256", dimension=256),
+        cache_key(text, embedder="bow", model="hash-512", dimension=256),
+        cache_key(text, embedder="bow", model="hash-256", dimension=128),
+        cache_key(text, embedder="local", model="hash-256", dimension=256),
+    }
+    assert len(keys) == 4
+    store, _ = _filled(tmp_path, {"a.txt": [text]})
+    stored = store.db.conn.execute("SELECT cache_key FROM chunks").fetchone()[0]
+    assert stored == cache_key(text, embedder="bow", model="hash-256", dimension=256)
+    store.close()
+
+
+def test_a_crash_before_faiss_is_saved_never_serves_a_stale_vector(tmp_path):
+    """Chunk ids are never reused, so a FAISS file from before the crash cannot pass for current."""
+    store, emb = _filled(tmp_path, {"a.txt": ["red apples"], "b.txt": ["blue whales"]})
+    # b.txt holds the highest chunk id. Replace it and store its vector, then "crash" before
+    # save_vectors: the FAISS file still has the old vector under the old id.
+    store.put_document(
+        path="b.txt",
+        sha256="b2",
+        size=1,
+        mtime=2.0,
+        kind="text",
+        pages=0,
+        warnings=(),
+        chunks=_chunks(["green frogs"]),
+    )
+    pending = store.pending()
+    store.set_vectors([i for i, _, _ in pending], emb.embed([t for _, t, _ in pending]))
+    store.close()
+
+    again = Store.open(tmp_path / "ix")
+    scores, ids = again.search_vectors(emb.embed(["green frogs"]), 1)
+    assert again.chunks([int(ids[0][0])])[int(ids[0][0])].text == "green frogs"
+    assert scores[0][0] == pytest.approx(1.0, abs=1e-5)
+    assert np.array_equal(_faiss_ids(again.faiss_index()), again.chunk_ids())
+    again.close()

@@ -68,10 +68,21 @@ def _local(model: str | None, options: Mapping[str, Any]) -> Embedder:
 def _openai(model: str | None, options: Mapping[str, Any]) -> Embedder:
     from ragkit.embedders.openai import OpenAIEmbedder
 
+    known = (
+        "api_key",
+        "base_url",
+        "azure_endpoint",
+        "azure_api_key",
+        "azure_api_version",
+        "azure_deployment",
+        "concurrency",
+        "timeout",
+        "max_retries",
+        "count_only",
+    )
     return OpenAIEmbedder(
         model or "text-embedding-3-small",
-        api_key=options.get("api_key"),
-        base_url=options.get("base_url"),
+        **{k: options[k] for k in known if options.get(k) is not None},
     )
 
 
@@ -100,15 +111,32 @@ def make_embedder(spec: str, **options: Any) -> Embedder:
 
 def embed_batches(
     embedder: Embedder, texts: Sequence[str], batch_size: int
-) -> Iterator[tuple[NDArray[np.intp], NDArray[np.float32]]]:
-    """Yield (positions, vectors) batch by batch, so each batch can be stored as it completes.
+) -> Iterator[tuple[NDArray[np.intp], NDArray[np.float32], int | None]]:
+    """Yield (positions, vectors, tokens used) batch by batch, to store each as it completes.
 
-    An embedder with its own ``embed_batches`` (concurrent, token-packed requests) is used as is.
+    An embedder with its own ``embed_batches`` (concurrent, token-packed requests) is used as
+    is; it may yield (positions, vectors) or (positions, vectors, tokens used). Tokens used is
+    None when the embedder does not report it.
     """
     own = getattr(embedder, "embed_batches", None)
     if own is not None:
-        yield from own(texts)
+        batches = own(texts)
+        try:
+            for positions, vectors, *rest in batches:
+                yield positions, vectors, (int(rest[0]) if rest and rest[0] is not None else None)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # a caller that stops early stops the embedder's requests too
         return
     for start in range(0, len(texts), batch_size):
         part = texts[start : start + batch_size]
-        yield np.arange(start, start + len(part)), embedder.embed(part)
+        yield np.arange(start, start + len(part)), embedder.embed(part), None
+
+
+def price_per_million_tokens(embedder: Embedder) -> float | None:
+    """US dollars per million tokens embedded: 0 for the local model, None when unknown."""
+    if embedder.name == "local":
+        return 0.0
+    price = getattr(embedder, "price_per_million_tokens", None)
+    return float(price) if price is not None else None
