@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ragkit.embedders import local
-from ragkit.embedders.local import LocalEmbedder, default_model_dir
+from ragkit.embedders import local  # noqa: E402
+from ragkit.embedders.local import LocalEmbedder, default_model_dir  # noqa: E402
 
 VOCABULARY = """
 the of and to in is that for it as was with be by on not he this are or his from at which but
@@ -80,7 +80,7 @@ def ready_seconds(code: str, runs: int) -> float:
 NUMPY_READY = """
 import time
 t = time.perf_counter()
-from ragkit.embedders.local import LocalEmbedder
+from ragkit.embedders.local import LocalEmbedder  # noqa: E402
 LocalEmbedder().embed(["warm up"])
 print(time.perf_counter() - t)
 """

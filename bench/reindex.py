@@ -111,7 +111,9 @@ def make_folder(target: Path, docs: int, rng: random.Random) -> str:
         with SCIFACT.open() as fh:
             for _, line in zip(range(docs), fh, strict=False):
                 doc = json.loads(line)
-                (target / f"{doc['_id']}.txt").write_text(doc["title"] + "\n\n" + doc["text"] + "\n")
+                (target / f"{doc['_id']}.txt").write_text(
+                    doc["title"] + "\n\n" + doc["text"] + "\n"
+                )
         described = f"{docs} SciFact abstracts"
     else:
         for i in range(docs):
@@ -124,11 +126,16 @@ def make_folder(target: Path, docs: int, rng: random.Random) -> str:
 
 def synthetic(rng: random.Random, paragraphs: int) -> str:
     words = "cell protein gene expression tissue sample cohort trial dose response signal".split()
-    return "\n\n".join(
-        " ".join(f"{rng.choice(words)}{rng.randint(0, 500)}" for _ in range(rng.randint(40, 70)))
-        + "."
-        for _ in range(paragraphs)
-    ) + "\n"
+    return (
+        "\n\n".join(
+            " ".join(
+                f"{rng.choice(words)}{rng.randint(0, 500)}" for _ in range(rng.randint(40, 70))
+            )
+            + "."
+            for _ in range(paragraphs)
+        )
+        + "\n"
+    )
 
 
 def calls() -> tuple[int, list[str]]:

@@ -1,4 +1,4 @@
-"""The async verbs: ``await aask(...)``, ``asearch``, ``aindex``, at most ``max_concurrency`` at once.
+"""The async verbs: ``await aask(...)``, ``asearch``, ``aindex``; ``max_concurrency`` at a time.
 
 Each call runs the ordinary synchronous verb in a worker thread. Everything that takes time in
 it (HTTP to the chat and embedding APIs, SQLite, FAISS, numpy) releases the GIL, so threads

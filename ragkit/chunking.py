@@ -16,7 +16,7 @@ __all__ = ["Chunk", "TokenCounter", "chunk_document"]
 log = logging.getLogger(__name__)
 
 TokenCounter = Callable[[Sequence[str]], list[int]]
-"""Counts the tokens of each text in a batch, in the embedder's tokenizer, special tokens excluded."""
+"""Token counts of a batch of texts in the embedder's tokenizer, special tokens excluded."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def _units(
     while True:
         todo = [i for i, p in enumerate(pieces) if p[4] < 0 and p[2] - p[1] <= surely_over]
         counts = _count(count_tokens, [text[pieces[i][1] : pieces[i][2]] for i in todo])
-        for i, tokens in zip(todo, counts):
+        for i, tokens in zip(todo, counts, strict=False):
             si, s, e, level, _ = pieces[i]
             pieces[i] = (si, s, e, level, tokens)
         if all(0 <= p[4] <= max_tokens for p in pieces):

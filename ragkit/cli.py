@@ -133,7 +133,7 @@ Temperature = Annotated[
     float | None,
     typer.Option(
         envvar="RAGKIT_TEMPERATURE",
-        help="Sampling temperature, 0-2 [default: 0]; not sent to reasoning models (o1, o3, gpt-5).",
+        help="Sampling temperature, 0-2 [default: 0]; not sent to reasoning models (o1, gpt-5).",
     ),
 ]
 TopP = Annotated[

@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
 import ragkit.pipeline  # noqa: E402
-import ragkit.sync  # noqa: E402
 import ragkit.store  # noqa: E402
+import ragkit.sync  # noqa: E402
 from ragkit.cli import main  # noqa: E402
 from ragkit.embedders import register_embedder  # noqa: E402
 from tests.fakes import BagOfWordsEmbedder  # noqa: E402

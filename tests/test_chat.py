@@ -53,7 +53,9 @@ def openai_server(shared_server: OpenAITestServer) -> Iterator[OpenAITestServer]
 
 
 @pytest.fixture
-def kb(tmp_path: Path, openai_server: OpenAITestServer, monkeypatch: pytest.MonkeyPatch) -> ragkit.Settings:
+def kb(
+    tmp_path: Path, openai_server: OpenAITestServer, monkeypatch: pytest.MonkeyPatch
+) -> ragkit.Settings:
     """Settings for an index of PAGES, answering through the test server."""
     _note_dropped.cache_clear()  # each test sees the once-per-process notes afresh
     for name in list(os.environ):
@@ -96,7 +98,10 @@ def test_streamed_answer_equals_the_plain_one(kb, openai_server):
 
     assert len(pieces) > 3  # it really arrived in pieces
     assert "".join(pieces).strip() == streamed.text == plain.text
-    assert streamed.citations == plain.citations and streamed.finish_reason == plain.finish_reason == "stop"
+    assert (
+        streamed.citations == plain.citations
+        and streamed.finish_reason == plain.finish_reason == "stop"
+    )
     assert streamed.complete and not streamed.abstained
     first = plain.citations[0]
     assert (first.n, first.path, first.page, first.start_line) == (1, "hours.txt", None, 1)
@@ -106,7 +111,9 @@ def test_streamed_answer_equals_the_plain_one(kb, openai_server):
     assert [r.stream for r in requests] == [False, True]
     assert requests[1].body["stream_options"] == {"include_usage": True}
     assert streamed.usage == plain.usage
-    assert plain.usage["total_tokens"] == requests[0].prompt_tokens + requests[0].completion_tokens > 0
+    assert (
+        plain.usage["total_tokens"] == requests[0].prompt_tokens + requests[0].completion_tokens > 0
+    )
 
 
 @pytest.mark.parametrize("clean", [False, True], ids=["connection-dropped", "stream-just-stops"])
@@ -130,11 +137,20 @@ def test_cli_shows_a_cut_stream_as_cut(kb, openai_server, tmp_path):
     env.update(cli_env(kb), PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, "-m", "tests.ragkit_with_fakes", "ask", Q_HOURS],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == EXIT_ERROR
     assert proc.stdout.startswith("The shop") and "Sources:" not in proc.stdout
-    assert proc.stderr.strip().splitlines()[-1].startswith("[answer cut off: the answer stream was cut")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("[answer cut off: the answer stream was cut")
+    )
     assert "Traceback" not in proc.stderr
 
 
@@ -169,7 +185,12 @@ def test_model_family_rule(name, reasoning, stop):
 @pytest.mark.parametrize("model", REASONING)
 def test_reasoning_models_get_only_parameters_they_accept(kb, openai_server, caplog, model):
     settings = kb.replace(
-        chat_model=model, temperature=0.7, top_p=0.5, max_tokens=400, seed=7, stop=("ZZZ",),
+        chat_model=model,
+        temperature=0.7,
+        top_p=0.5,
+        max_tokens=400,
+        seed=7,
+        stop=("ZZZ",),
         reasoning_effort="low",
     )
     for stream in (False, True):
@@ -180,7 +201,13 @@ def test_reasoning_models_get_only_parameters_they_accept(kb, openai_server, cap
         request = openai_server.requests_for("chat")[-1]
         body = request.body
         assert request.status == 200 and request.stream is stream
-        assert not {"max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty"} & set(body)
+        assert not {
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "presence_penalty",
+            "frequency_penalty",
+        } & set(body)
         assert body["max_completion_tokens"] == 400 and body["reasoning_effort"] == "low"
         assert body["seed"] == 7
         assert [m["role"] for m in body["messages"]] == ["developer", "user"]
@@ -191,13 +218,23 @@ def test_reasoning_models_get_only_parameters_they_accept(kb, openai_server, cap
 def test_classic_models_get_sampling_parameters(kb, openai_server, caplog):
     with caplog.at_level(logging.WARNING, logger="ragkit.chat"):
         ragkit.ask(
-            Q_HOURS, kb, temperature=0.7, top_p=0.5, max_tokens=400, seed=7, stop=("ZZZ",),
+            Q_HOURS,
+            kb,
+            temperature=0.7,
+            top_p=0.5,
+            max_tokens=400,
+            seed=7,
+            stop=("ZZZ",),
             reasoning_effort="low",
         )
         ragkit.ask(Q_HOURS, kb)
     tuned, default = (r.body for r in openai_server.requests_for("chat"))
     assert {k: tuned[k] for k in ("temperature", "top_p", "max_tokens", "seed", "stop")} == {
-        "temperature": 0.7, "top_p": 0.5, "max_tokens": 400, "seed": 7, "stop": ["ZZZ"],
+        "temperature": 0.7,
+        "top_p": 0.5,
+        "max_tokens": 400,
+        "seed": 7,
+        "stop": ["ZZZ"],
     }
     assert "reasoning_effort" not in tuned and "max_completion_tokens" not in tuned
     assert tuned["messages"][0]["role"] == "system"
@@ -208,10 +245,16 @@ def test_classic_models_get_sampling_parameters(kb, openai_server, caplog):
 def test_explicit_reasoning_flag_for_names_that_do_not_say(openai_server):
     """An Azure deployment called "answers" may run o3: reasoning=True shapes the request."""
     openai_server.config.chat_models["answers"] = CHAT_MODELS["o3"]
-    chat = OpenAIChatModel("answers", base_url=openai_server.base_url, reasoning=True, max_tokens=50)
-    result = chat.complete([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+    chat = OpenAIChatModel(
+        "answers", base_url=openai_server.base_url, reasoning=True, max_tokens=50
+    )
+    result = chat.complete(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    )
     body = openai_server.requests_for("chat")[-1].body
-    assert result.finish_reason and body["max_completion_tokens"] == 50 and "temperature" not in body
+    assert (
+        result.finish_reason and body["max_completion_tokens"] == 50 and "temperature" not in body
+    )
     assert body["messages"][0]["role"] == "developer"
 
 
@@ -228,7 +271,9 @@ def test_citations_to_missing_sources_are_removed(kb, openai_server):
 
     result = runner.invoke(app, ["ask", Q_HOURS], env=cli_env(kb))
     assert result.exit_code == 0, result.output
-    streamed, checked = result.stdout.split("Checked answer (citations that name no source removed):")
+    streamed, checked = result.stdout.split(
+        "Checked answer (citations that name no source removed):"
+    )
     assert "[9]" in streamed and "[9]" not in checked
     assert "Sources:\n[1] hours.txt (lines 1–2)\n" in checked and "[9]" not in checked
 
@@ -246,7 +291,11 @@ def test_finish_reason_length_is_reported(kb, openai_server):
     result = runner.invoke(app, ["ask", Q_HOURS, "--max-tokens", "5", "--json"], env=cli_env(kb))
     data = json.loads(result.stdout)
     assert result.exit_code == EXIT_INCOMPLETE
-    assert (data["finish_reason"], data["complete"], data["answer"]) == ("length", False, answer.text)
+    assert (data["finish_reason"], data["complete"], data["answer"]) == (
+        "length",
+        False,
+        answer.text,
+    )
 
 
 def test_weak_retrieval_abstains_without_asking_the_model(kb, openai_server):
@@ -358,7 +407,10 @@ def test_history_keeps_the_newest_turns_within_the_budget():
 
 
 def test_ask_sends_only_history_that_fits(kb, openai_server):
-    turns = [Turn("first question about helmets", "Wear one [1]."), Turn(Q_RETURNS, "Thirty days [2].")]
+    turns = [
+        Turn("first question about helmets", "Wear one [1]."),
+        Turn(Q_RETURNS, "Thirty days [2]."),
+    ]
     budget = count_tokens(turns[1].question) + count_tokens(turns[1].answer)
     ragkit.ask(Q_HOURS, kb, history=turns, chat_history_tokens=budget)
     messages = openai_server.requests_for("chat")[-1].body["messages"]
@@ -366,7 +418,7 @@ def test_ask_sends_only_history_that_fits(kb, openai_server):
         ("user", Q_RETURNS),
         ("assistant", "Thirty days."),
     ]
-    assert len(messages) == 4 and "<source id=\"1\"" in messages[3]["content"]
+    assert len(messages) == 4 and '<source id="1"' in messages[3]["content"]
 
 
 def test_follow_up_retrieves_with_the_previous_question(kb, openai_server):
@@ -394,7 +446,12 @@ def test_chat_answers_piped_questions_in_a_real_process(kb, openai_server, tmp_p
     proc = subprocess.run(
         [sys.executable, "-m", "tests.ragkit_with_fakes", "chat"],
         input=f"{Q_HOURS}\n\n{Q_RETURNS}\n",
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     first, second = proc.stdout.split(f"> {Q_RETURNS}\n")
@@ -432,7 +489,9 @@ def test_chat_goes_on_after_a_cut_turn(kb, openai_server):
 
 
 def test_chat_json_lines_one_per_turn(kb, openai_server):
-    result = runner.invoke(app, ["chat", "--json"], input=f"{Q_HOURS}\n{Q_RETURNS}\n", env=cli_env(kb))
+    result = runner.invoke(
+        app, ["chat", "--json"], input=f"{Q_HOURS}\n{Q_RETURNS}\n", env=cli_env(kb)
+    )
     assert result.exit_code == 0, result.output
     turns = [json.loads(line) for line in result.stdout.splitlines()]
     assert [t["question"] for t in turns] == [Q_HOURS, Q_RETURNS]
@@ -464,7 +523,9 @@ def test_aask_runs_concurrently_within_the_bound(kb, openai_server, bound, calls
 
 
 def test_aindex_and_asearch(kb, tmp_path):
-    docs = write(tmp_path / "more", {"tyres.md": "Tyre pressure for road bikes is about seven bar."})
+    docs = write(
+        tmp_path / "more", {"tyres.md": "Tyre pressure for road bikes is about seven bar."}
+    )
 
     async def main() -> tuple[ragkit.IndexReport, list[ragkit.Hit]]:
         report = await ragkit.aindex(docs, kb, index="more")
@@ -488,10 +549,20 @@ def test_chat_settings_from_the_environment():
             "RAGKIT_MAX_CONCURRENCY": "8",
         }
     )
-    assert (s.stop, s.temperature, s.max_tokens, s.reasoning_effort) == (("END", "\n\n"), 0.3, 100, "high")
+    assert (s.stop, s.temperature, s.max_tokens, s.reasoning_effort) == (
+        ("END", "\n\n"),
+        0.3,
+        100,
+        "high",
+    )
     assert (s.chat_history_tokens, s.max_concurrency) == (500, 8)
     assert ragkit.Settings.load(environ={"RAGKIT_STOP": "END"}).stop == ("END",)
-    for bad in ({"temperature": 3.0}, {"top_p": 1.5}, {"max_tokens": 0}, {"max_concurrency": 0},
-                {"stop": ("a", "b", "c", "d", "e")}):
+    for bad in (
+        {"temperature": 3.0},
+        {"top_p": 1.5},
+        {"max_tokens": 0},
+        {"max_concurrency": 0},
+        {"stop": ("a", "b", "c", "d", "e")},
+    ):
         with pytest.raises(ConfigError):
             ragkit.Settings.load(environ={}, **bad)

@@ -82,7 +82,7 @@ def check(
     assert [c.ordinal for c in chunks] == list(range(len(chunks)))
     assert [c.start_char for c in chunks] == sorted(c.start_char for c in chunks)
     counts = count([c.text for c in chunks]) if chunks else []
-    for c, n in zip(chunks, counts):
+    for c, n in zip(chunks, counts, strict=False):
         assert c.text == text[c.start_char : c.end_char]
         assert c.text and c.text == c.text.strip()
         assert c.tokens == n <= max_tokens

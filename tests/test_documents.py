@@ -306,10 +306,10 @@ def test_corpus_pdf_has_one_page_span_per_page() -> None:
     assert (doc.path, doc.kind, doc.warnings) == ("warranty-handbook.pdf", "pdf", ())
     assert [p.number for p in doc.pages] == [1, 2, 3, 4]
     assert doc.pages[0].start == 0 and doc.pages[-1].end == len(doc.text)
-    for before, after in zip(doc.pages, doc.pages[1:]):
+    for before, after in zip(doc.pages, doc.pages[1:], strict=False):
         assert doc.text[before.end : after.start] == "\n\n"
     facts = ["500 full charge cycles", "120 kg", "Form W-7", "40 percent off"]
-    for page, fact in zip(doc.pages, facts):
+    for page, fact in zip(doc.pages, facts, strict=False):
         assert fact in doc.text[page.start : page.end]
         assert doc.text.count(fact) == 1, fact  # each fact sits on its page only
         assert doc.text[page.start : page.end].endswith(f"page {page.number} of 4")

@@ -220,7 +220,7 @@ def _forward(w: _Weights, ids: NDArray[np.int64], lengths: NDArray[np.int64]) ->
     for layer in w.layers:
         qkv = x @ layer.qkv_w
         qkv += layer.qkv_b
-        for start, length in zip(starts.tolist(), lengths.tolist()):
+        for start, length in zip(starts.tolist(), lengths.tolist(), strict=False):
             _attend(qkv[start : start + length], ctx[start : start + length], scores_buf)
         for r0 in range(0, n_tok, rows):
             r1 = min(r0 + rows, n_tok)
@@ -403,7 +403,7 @@ class LocalEmbedder:
                 results = (
                     pool.map(_forward_group, jobs) if workers > 1 else map(_forward_group, jobs)
                 )
-                for group, vectors in zip(groups, results):
+                for group, vectors in zip(groups, results, strict=False):
                     out[w0 + group] = vectors
         return out
 
