@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ragkit.documents import Document, Skipped, discover, load_document, relative_path
 from ragkit.errors import LoadError
@@ -64,6 +65,19 @@ class FolderSync:
     def removed(self) -> list[str]:
         """Indexed paths with no file any more (known once ``changes`` has been run through)."""
         return sorted(self.gone)
+
+    def summary(self) -> dict[str, Any]:
+        """What this comparison found, as the matching fields of an IndexReport."""
+        return {
+            "added": tuple(self.added),
+            "changed": tuple(self.changed),
+            "removed": tuple(self.removed),
+            "moved": tuple(self.moved),
+            "unchanged": self.unchanged,
+            "skipped": tuple(self.skipped),
+            "failed": tuple(self.failed),
+            "warnings": tuple(self.warnings),
+        }
 
     def changes(self, progress: Callable[[str, int, int], None]) -> Iterator[Change]:
         """Each file that needs work, in path order; counts and reports fill in as it goes."""
