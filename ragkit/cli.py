@@ -859,13 +859,15 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:
+        # Usage errors (missing argument, unknown option, bad value) come from click, or from
+        # the copy of click that newer typer versions vendor: recognised by what they offer.
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            # click exits 2 on usage errors; here 2 means "ask abstained", so they exit 1.
+            sys.exit(EXIT_ERROR if exit_code == EXIT_ABSTAINED else exit_code)
+        if type(exc).__name__ == "Abort":  # click's Ctrl-C / EOF at a prompt
             sys.exit(1)
         raise
     sys.exit(code if isinstance(code, int) else 0)

@@ -150,6 +150,20 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["search"], "Missing"),
+        (["--bogus"], "No such option"),
+        (["search", "x", "-k", "notanumber"], "integer"),
+    ],
+)
+def test_usage_errors_show_usage_without_traceback(tmp_path, args, message):
+    proc = _ragkit(*args, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr  # 2 is reserved for "ask abstained"
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_empty_query_is_refused(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("some words about bicycles and their wheels")
