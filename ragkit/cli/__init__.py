@@ -1,0 +1,71 @@
+"""The ``ragkit`` command: parse flags, call one library function, print.
+
+Results go to stdout, progress and messages to stderr. A RagkitError is one line on stderr and
+exit code 1; ``ask`` exits 2 when it abstains; ``index`` exits 3 when some file that should have
+been indexed failed (the rest of the run is kept); ``doctor`` exits 5 when problems remain.
+
+An answer is never passed off as complete when it is not. When the model stops at its token
+limit (finish_reason "length") the partial answer is printed, a note goes to stderr, ``--json``
+has ``"complete": false`` and ``ask`` exits 4, so scripts can tell without parsing. When a
+streamed answer is cut (connection lost, stream ended early), the text already shown is followed
+by ``[answer cut off: ...]`` on stderr and exit code 1. ``chat`` keeps going after a failed turn
+and exits 1 at the end if any turn failed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+# isort: off
+# Imported for their commands, in the order `ragkit --help` lists them.
+from ragkit.cli import indexing, searching, answering, evaluation  # noqa: F401
+
+# isort: on
+from ragkit.cli.common import (
+    EXIT_ABSTAINED,
+    EXIT_ERROR,
+    EXIT_FILES_FAILED,
+    EXIT_INCOMPLETE,
+    EXIT_UNHEALTHY,
+    app,
+    err,
+)
+from ragkit.errors import RagkitError
+
+__all__ = [
+    "EXIT_ABSTAINED",
+    "EXIT_ERROR",
+    "EXIT_FILES_FAILED",
+    "EXIT_INCOMPLETE",
+    "EXIT_UNHEALTHY",
+    "app",
+    "main",
+]
+
+
+def main() -> None:
+    """Entry point: run the app, turning RagkitError into one line and a non-zero exit."""
+    try:
+        code = app(standalone_mode=False)
+    except RagkitError as exc:
+        err(f"ragkit: error: {exc}")
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        err("ragkit: interrupted; work committed so far is kept")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        # Usage errors (missing argument, unknown option, bad value) come from click, or from
+        # the copy of click that newer typer versions vendor: recognised by what they offer.
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            # click exits 2 on usage errors; here 2 means "ask abstained", so they exit 1.
+            sys.exit(EXIT_ERROR if exit_code == EXIT_ABSTAINED else exit_code)
+        if type(exc).__name__ == "Abort":  # click's Ctrl-C / EOF at a prompt
+            sys.exit(1)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,320 @@
+"""``ragkit ask`` and ``ragkit chat``: answers with numbered, checked citations."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ragkit.cli.common import (
+    EXIT_ABSTAINED,
+    EXIT_ERROR,
+    EXIT_INCOMPLETE,
+    AsJson,
+    ChatModelName,
+    FileType,
+    Heading,
+    IndexDir,
+    IndexName,
+    Llm,
+    MaxTokens,
+    MinScore,
+    Mmr,
+    MmrLambda,
+    Mode,
+    ModifiedAfter,
+    ModifiedBefore,
+    PathGlob,
+    ReasoningEffort,
+    Seed,
+    Stop,
+    Stream,
+    Temperature,
+    TopK,
+    TopP,
+    Verbose,
+    app,
+    err,
+    setup_logging,
+)
+from ragkit.errors import ChatError
+
+if TYPE_CHECKING:
+    from ragkit.answerer import Answer
+
+
+def _answer_json(answer: Answer) -> dict[str, Any]:
+    return {
+        "question": answer.question,
+        "answer": answer.text,
+        "mode": answer.mode,
+        "model": answer.model,
+        "abstained": answer.abstained,
+        "finish_reason": answer.finish_reason,
+        "complete": answer.complete,
+        "usage": answer.usage,
+        "citations": [
+            {
+                "n": c.n,
+                "path": c.path,
+                "page": c.page,
+                "start_line": c.start_line,
+                "end_line": c.end_line,
+                "quote": c.quote,
+            }
+            for c in answer.citations
+        ],
+    }
+
+
+def _answer_settings(**values: Any) -> dict[str, Any]:
+    """The answering flags as Settings overrides (None = not given)."""
+    stop = values.pop("stop", None)
+    return {**values, "stop": tuple(stop) if stop else None}
+
+
+class _Printer:
+    """Writes streamed answer text to stdout as it arrives and remembers it."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        self.parts.append(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def cut_off(self, exc: ChatError) -> None:
+        """Mark the text already shown as unfinished."""
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        err(f"[answer cut off: {exc}]")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer from the index.")],
+    k: TopK = None,
+    min_score: MinScore = None,
+    path: PathGlob = None,
+    mode: Mode = None,
+    mmr: Mmr = None,
+    mmr_lambda: MmrLambda = None,
+    file_type: FileType = None,
+    modified_after: ModifiedAfter = None,
+    modified_before: ModifiedBefore = None,
+    heading: Heading = None,
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    llm: Llm = None,
+    chat_model: ChatModelName = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    max_tokens: MaxTokens = None,
+    seed: Seed = None,
+    stop: Stop = None,
+    reasoning_effort: ReasoningEffort = None,
+    stream: Stream = True,
+    as_json: AsJson = False,
+    verbose: Verbose = False,
+) -> None:
+    """Answer QUESTION from the index, citing the passages used as [n]."""
+    from ragkit import pipeline
+
+    setup_logging(verbose)
+    printer = _Printer()
+    try:
+        answer = pipeline.ask(
+            question,
+            on_text=printer if stream and not as_json else None,
+            **_answer_settings(
+                k=k,
+                min_score=min_score,
+                path=path,
+                mode=mode,
+                mmr=mmr,
+                mmr_lambda=mmr_lambda,
+                file_type=file_type,
+                modified_after=modified_after,
+                modified_before=modified_before,
+                heading=heading,
+                index=index,
+                index_dir=index_dir,
+                llm=llm,
+                chat_model=chat_model,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=seed,
+                stop=stop,
+                reasoning_effort=reasoning_effort,
+            ),
+        )
+    except ChatError as exc:
+        if not printer.parts:
+            raise
+        printer.cut_off(exc)
+        raise typer.Exit(EXIT_ERROR) from None
+    if as_json:
+        typer.echo(json.dumps(_answer_json(answer), indent=2, ensure_ascii=False))
+    else:
+        _print_answer(answer, streamed=printer.text)
+    if verbose:
+        _print_usage(answer)
+    if answer.abstained:
+        raise typer.Exit(EXIT_ABSTAINED)
+    if not answer.complete:
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _print_answer(answer: Answer, *, streamed: str) -> None:
+    if streamed:
+        typer.echo("")
+        if answer.text != streamed.strip():
+            # Citations are checked once the whole answer is in: show what survived the check.
+            typer.echo("\nChecked answer (citations that name no source removed):")
+            typer.echo(answer.text)
+    else:
+        if answer.mode == "extractive" and not answer.abstained:
+            typer.echo(
+                "Extractive answer (sentences quoted from your documents; no LLM configured):"
+            )
+        typer.echo(answer.text)
+    if not answer.complete:
+        err(
+            f"note: the answer is incomplete: the model stopped at its token limit"
+            f" (finish_reason={answer.finish_reason}); raise --max-tokens"
+        )
+    if answer.citations:
+        typer.echo("")
+        typer.echo("Sources:")
+        for c in answer.citations:
+            typer.echo(f"[{c.n}] {c.location}")
+            typer.echo(f"    \u201c{c.quote}\u201d")
+
+
+def _print_usage(answer: Answer) -> None:
+    u = answer.usage
+    if not u:
+        return
+    reasoning = f" ({u['reasoning_tokens']} reasoning)" if u.get("reasoning_tokens") else ""
+    err(
+        f"usage: {u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} completion"
+        f"{reasoning} = {u.get('total_tokens', 0)} tokens ({answer.model})"
+    )
+
+
+@app.command()
+def chat(
+    k: TopK = None,
+    min_score: MinScore = None,
+    path: PathGlob = None,
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    llm: Llm = None,
+    chat_model: ChatModelName = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    max_tokens: MaxTokens = None,
+    seed: Seed = None,
+    stop: Stop = None,
+    reasoning_effort: ReasoningEffort = None,
+    history_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--chat-history-tokens",
+            envvar="RAGKIT_CHAT_HISTORY_TOKENS",
+            help="Tokens of earlier turns sent with each question [default: 2000].",
+        ),
+    ] = None,
+    stream: Stream = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per turn.")
+    ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Ask questions in turn (one per line on stdin; `exit` or end of input stops).
+
+    Every turn retrieves afresh and numbers its own sources; earlier turns are kept within a
+    token budget, oldest dropped first.
+    """
+    from ragkit import pipeline
+    from ragkit.config import Settings
+    from ragkit.conversation import Turn, fit_history
+
+    setup_logging(verbose)
+    settings = Settings.load(
+        **_answer_settings(
+            k=k,
+            min_score=min_score,
+            path=path,
+            index=index,
+            index_dir=index_dir,
+            llm=llm,
+            chat_model=chat_model,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            stop=stop,
+            reasoning_effort=reasoning_effort,
+            chat_history_tokens=history_tokens,
+        )
+    )
+    pipeline.status(settings)  # no index: say so now, not after the first question
+    interactive = sys.stdin.isatty()
+    history: list[Turn] = []
+    failed = False
+    for question in _questions(interactive):
+        if not interactive and not as_json:
+            typer.echo(f"> {question}")  # a transcript shows what each answer answers
+        printer = _Printer()
+        try:
+            answer = pipeline.ask(
+                question,
+                settings,
+                on_text=printer if stream and not as_json else None,
+                history=history,
+            )
+        except ChatError as exc:
+            failed = True
+            if printer.parts:
+                printer.cut_off(exc)
+            else:
+                err(f"ragkit: error: {exc}")
+            continue
+        if as_json:
+            typer.echo(json.dumps(_answer_json(answer), ensure_ascii=False))
+        else:
+            _print_answer(answer, streamed=printer.text)
+            typer.echo("")
+        if verbose:
+            _print_usage(answer)
+        history = list(
+            fit_history([*history, Turn(question, answer.text)], settings.chat_history_tokens)
+        )
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _questions(interactive: bool) -> Iterator[str]:
+    """Non-empty lines from stdin until end of input or `exit` / `quit`."""
+    while True:
+        try:
+            line = input("ragkit> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            return
+        if not interactive and not line:
+            return
+        question = line.strip()
+        if question.lower() in ("exit", "quit"):
+            return
+        if question:
+            yield question
