@@ -1082,3 +1082,19 @@ class Store:
             done.append(f"rebuilt {FAISS_NAME} from SQLite ({self.manifest.faiss_count} vectors)")
         after = self.check()
         return dataclasses.replace(after, repaired=tuple(done))
+
+    def note(self, key: str) -> str | None:
+        """A value the pipeline keeps in the manifest table (e.g. the file selection), or None."""
+        row = self.db.conn.execute(
+            "SELECT value FROM manifest WHERE key = ?", ("note:" + key,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_note(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key`` in the manifest table, replacing what was there."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO manifest(key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                ("note:" + key, value),
+            )
