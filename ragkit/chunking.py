@@ -33,6 +33,7 @@ class Chunk:
     page: int | None  # PDF page number, else None
     heading: str  # heading path, e.g. "Returns > Refunds > Store credit"; "" when none
     tokens: int  # count_tokens(text), measured on this exact text
+    page_label: str | None = None  # the page's printed label ("xii") when it differs from page
 
 
 # How strong the boundary just before a unit is; a chunk prefers to end at the strongest one.
@@ -67,6 +68,7 @@ class _Section:
     heading: str
     page: int | None
     line_base: int  # offset that line 1 starts at: 0, or the page's start for PDFs
+    page_label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ def chunk_document(
                 page=section.page,
                 heading=section.heading,
                 tokens=tokens,
+                page_label=section.page_label,
             )
         )
     log.debug("%s: %d chunks from %d sections", doc.path, len(chunks), len(sections))
@@ -133,6 +136,7 @@ def _sections(doc: Document) -> list[_Section]:
     starts = [h.start for h in heads]
     paths = _heading_paths(heads)
     regions: list[tuple[int, int, int | None]]
+    labels = {p.number: p.label for p in doc.pages}
     if doc.pages:
         regions = [(p.start, p.end, p.number) for p in sorted(doc.pages, key=lambda p: p.start)]
     else:
@@ -158,7 +162,8 @@ def _sections(doc: Document) -> list[_Section]:
                     continue
             path = paths[here] if here >= 0 else ""
             start = a if merged_start is None else merged_start
-            out.append(_Section(start, b, path, number, line_base))
+            label = labels.get(number) if number is not None else None
+            out.append(_Section(start, b, path, number, line_base, label))
             merged_start = None
     return out
 

@@ -367,8 +367,8 @@ def _print_estimate(report: IndexReport) -> None:
     typer.echo("nothing was embedded or written")
 
 
-def _location(page: int | None, start: int, end: int) -> str:
-    parts = [f"page {page}"] if page is not None else []
+def _location(page: int | None, start: int, end: int, label: str | None = None) -> str:
+    parts = [f"page {page}" + (f" ({label})" if label else "")] if page is not None else []
     parts.append(f"line {start}" if start == end else f"lines {start}–{end}")
     return ", ".join(parts)
 
@@ -380,6 +380,7 @@ def _hit_json(hit: Hit) -> dict[str, Any]:
         "dense_score": None if hit.dense_score is None else round(hit.dense_score, 6),
         "path": hit.path,
         "page": hit.page,
+        "page_label": hit.page_label,
         "start_line": hit.start_line,
         "end_line": hit.end_line,
         "heading": hit.heading,
@@ -439,7 +440,7 @@ def search(
         heading = f" § {hit.heading}" if hit.heading else ""
         typer.echo(
             f"{hit.rank}. [{_score(settings.mode, hit)}] {hit.path}"
-            f" ({_location(hit.page, hit.start_line, hit.end_line)}){heading}"
+            f" ({_location(hit.page, hit.start_line, hit.end_line, hit.page_label)}){heading}"
         )
         typer.echo("   " + " ".join(hit.text.split())[:400])
         typer.echo("")
@@ -460,6 +461,7 @@ def _answer_json(answer: Answer) -> dict[str, Any]:
                 "n": c.n,
                 "path": c.path,
                 "page": c.page,
+                "page_label": c.page_label,
                 "start_line": c.start_line,
                 "end_line": c.end_line,
                 "quote": c.quote,

@@ -123,6 +123,7 @@ class StoredChunk:
     end_char: int
     heading: str
     tokens: int
+    page_label: str | None = None  # a PDF page's printed label when it differs from its number
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     ordinal INTEGER NOT NULL,
     text TEXT NOT NULL,
     page INTEGER,
+    page_label TEXT,
     start_line INTEGER NOT NULL,
     end_line INTEGER NOT NULL,
     start_char INTEGER NOT NULL,
@@ -232,6 +234,12 @@ def _index_flags(path: Path) -> str:
     if path.parent != Path("indexes"):
         flags += f" --index-dir {shlex.quote(str(path.parent))}"
     return flags
+
+
+def _add_page_label_column(conn: sqlite3.Connection) -> None:
+    """Give an index made before page labels its (nullable) ``chunks.page_label`` column."""
+    if not any(row[1] == "page_label" for row in conn.execute("PRAGMA table_info(chunks)")):
+        conn.execute("ALTER TABLE chunks ADD COLUMN page_label TEXT")
 
 
 def _now() -> str:
@@ -346,6 +354,7 @@ class Store:
         db = cls._connect(path)
         try:
             manifest = cls._read_manifest(db, path)
+            _add_page_label_column(db.conn)
         except BaseException:
             db.conn.close()
             raise
@@ -538,8 +547,8 @@ class Store:
             doc_id = int(cur.lastrowid or 0)
             conn.executemany(
                 "INSERT INTO chunks(document_id, ordinal, text, page, start_line, end_line,"
-                " start_char, end_char, heading, tokens, cache_key, vector)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " start_char, end_char, heading, tokens, cache_key, vector, page_label)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (
                         doc_id,
@@ -554,6 +563,7 @@ class Store:
                         c.tokens,
                         h,
                         cached.get(h),
+                        c.page_label,
                     )
                     for c, h in zip(chunks, hashes, strict=True)
                 ),
@@ -651,7 +661,7 @@ class Store:
             marks = ",".join("?" * len(part))
             for row in self.db.conn.execute(
                 "SELECT c.id, d.path, c.ordinal, c.text, c.page, c.start_line, c.end_line,"
-                " c.start_char, c.end_char, c.heading, c.tokens FROM chunks c"
+                " c.start_char, c.end_char, c.heading, c.tokens, c.page_label FROM chunks c"
                 f" JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})",
                 part,
             ):

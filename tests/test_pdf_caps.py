@@ -13,7 +13,7 @@ from ragkit.cli import EXIT_FILES_FAILED, app
 from ragkit.documents import Limits, load_document
 from ragkit.errors import ConfigError, LoadError
 from tests import fakes  # noqa: F401  (registers the "bow" embedder)
-from tests.hostile_pdfs import pdf_with_contents, text_run
+from tests.pdfs import pdf_with_contents, text_run
 
 runner = CliRunner()
 
