@@ -5,7 +5,14 @@ from __future__ import annotations
 import io
 
 from pypdf import PdfWriter
-from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+from pypdf.generic import (
+    ArrayObject,
+    DecodedStreamObject,
+    DictionaryObject,
+    NameObject,
+    NumberObject,
+    TextStringObject,
+)
 
 
 def _font() -> DictionaryObject:
@@ -92,6 +99,79 @@ def book_pdf(
             page_number=index,
             parent=items.get(parent) if parent else None,  # type: ignore[arg-type]
         )
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def tex_like_pdf(lines: list[str], *, gap: int = 318, kern: int = -40) -> bytes:
+    """A PDF set the way xdvipdfmx sets DejaVu Serif: a Type0 font (Identity-H) whose ToUnicode
+    maps no code to a space, a wide glyph at code 32, word gaps drawn as TJ offsets, and a
+    small kern in the middle of every longer word."""
+    chars = sorted({c for line in lines for c in line if c != " "})
+    cids = {c: 40 + i for i, c in enumerate(chars)}  # clear of 32, which holds another glyph
+    bfchar = b"\n".join(b"<%04X> <%04X>" % (cid, ord(c)) for c, cid in cids.items())
+    cmap = (
+        b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap\n"
+        b"/CMapName /Adobe-Identity-UCS def /CMapType 2 def\n"
+        b"1 begincodespacerange <0000> <FFFF> endcodespacerange\n"
+        b"%d beginbfchar\n%s\nendbfchar\n"
+        b"endcmap CMapName currentdict /CMap defineresource pop end end" % (len(cids), bfchar)
+    )
+    writer = PdfWriter()
+    to_unicode = DecodedStreamObject()
+    to_unicode.set_data(cmap)
+    widths = ArrayObject([NumberObject(32), ArrayObject([NumberObject(838)])])
+    widths += [NumberObject(40), ArrayObject([NumberObject(500) for _ in chars])]
+    descendant = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/CIDFontType2"),
+            NameObject("/BaseFont"): NameObject("/YSDOVX+DejaVuSerif"),
+            NameObject("/CIDSystemInfo"): DictionaryObject(
+                {
+                    NameObject("/Registry"): TextStringObject("Adobe"),
+                    NameObject("/Ordering"): TextStringObject("Identity"),
+                    NameObject("/Supplement"): NumberObject(0),
+                }
+            ),
+            NameObject("/DW"): NumberObject(636),
+            NameObject("/W"): widths,
+        }
+    )
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type0"),
+            NameObject("/BaseFont"): NameObject("/YSDOVX+DejaVuSerif"),
+            NameObject("/Encoding"): NameObject("/Identity-H"),
+            NameObject("/DescendantFonts"): ArrayObject([writer._add_object(descendant)]),
+            NameObject("/ToUnicode"): writer._add_object(to_unicode),
+        }
+    )
+    ops = [b"BT /F1 10 Tf 72 700 Td"]
+    for i, line in enumerate(lines):
+        if i:
+            ops.append(b"0 -14 Td")
+        parts = []
+        for j, word in enumerate(line.split(" ")):
+            if j:
+                parts.append(b"-%d" % gap)
+            codes = [b"%04X" % cids[c] for c in word]
+            if len(codes) >= 4:  # a kern inside the word: no word gap
+                half = len(codes) // 2
+                parts += [b"<" + b"".join(codes[:half]) + b">", b"%d" % kern]
+                codes = codes[half:]
+            parts.append(b"<" + b"".join(codes) + b">")
+        ops.append(b"[" + b" ".join(parts) + b"] TJ")
+    ops.append(b"ET")
+    page = writer.add_blank_page(612, 792)
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})}
+    )
+    stream = DecodedStreamObject()
+    stream.set_data(b"\n".join(ops))
+    page[NameObject("/Contents")] = writer._add_object(stream)
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()

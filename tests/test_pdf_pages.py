@@ -16,7 +16,7 @@ from ragkit.cli import app
 from ragkit.documents import Document, load_document
 from ragkit.errors import LoadError
 from tests import fakes  # noqa: F401  (registers the "bow" embedder)
-from tests.pdfs import book_pdf
+from tests.pdfs import book_pdf, tex_like_pdf
 
 runner = CliRunner()
 
@@ -167,3 +167,18 @@ def test_a_pdf_with_no_pages_is_named_for_what_it_is(tmp_path: Path) -> None:
     with pytest.raises(LoadError) as caught:
         load(tmp_path, out.getvalue())
     assert (caught.value.reason, caught.value.failed) == ("a PDF with no pages", False)
+
+
+def test_words_set_by_tex_with_gaps_instead_of_spaces_keep_their_spaces(tmp_path: Path) -> None:
+    # Issue 8.5: xdvipdfmx's fonts map no code to a space; pypdf took the width of the glyph at
+    # code 32 (838 units) as the space width, so 318-unit word gaps were read as kerning:
+    # "Inthisexample,onewantsthecheck-boxes".
+    lines = ["In this example, one wants the check-boxes", "to be ticked by the students."]
+    doc = load(tmp_path, tex_like_pdf(lines))
+    assert doc.text == "\n".join(lines)
+
+
+def test_small_kerns_inside_words_do_not_become_spaces(tmp_path: Path) -> None:
+    lines = ["Typesetting kerning examples"]
+    assert load(tmp_path, tex_like_pdf(lines, kern=-90)).text == lines[0]
+    assert load(tmp_path, tex_like_pdf(lines, kern=60), "tight.pdf").text == lines[0]

@@ -116,8 +116,48 @@ def _open_pdf(data: bytes) -> PdfReader:
     return reader
 
 
+def _space_width_without_a_space_glyph() -> None:
+    """Make pypdf estimate the word gap of a font that has no space glyph from its other widths.
+
+    TeX engines (xdvipdfmx, and pdfTeX for symbol fonts) embed fonts whose word gaps are drawn
+    by moving the pen: no code maps to a space. pypdf then takes the width of whatever glyph
+    sits at code 32 ("Q", or an 838-unit arrow in DejaVu) as the space width, so real gaps
+    (about 330 units) look like kerning and the words run together ("Afewextradetails").
+    fontTools (pypdf's "full" extra) only decodes CFF encodings; it does not change this
+    (pypdf issues #3973 and #3978). Here such a font gets the estimate pypdf itself uses when
+    the code-32 slot is empty: half the default glyph width, or all of it for monospaced fonts.
+    """
+    from pypdf.generic import _font
+
+    font_class: Any = getattr(_font, "Font", None)
+    build = getattr(font_class, "from_font_resource", None)
+    if build is None or getattr(build, "ragkit_space_fix", False):
+        return
+    original = build.__func__
+
+    def from_font_resource(cls: Any, pdf_font_dict: Any) -> Any:
+        font = original(cls, pdf_font_dict)
+        encoding = font.encoding
+        if " " in font.character_map.values() or (
+            isinstance(encoding, dict) and " " in encoding.values()
+        ):
+            return font
+        widths = [w for k, w in font.character_widths.items() if k != "default" and w > 0]
+        default = font.character_widths.get("default", 0)
+        if not default or default == 2 * font.character_widths.get(" ", -1):
+            # pypdf derived the default from the wrong glyph too: use the average width.
+            default = sum(widths) / len(widths) if widths else 500
+        fixed_pitch = bool(font.font_descriptor.flags & 1)
+        font.space_width = default if fixed_pitch else default / 2
+        return font
+
+    from_font_resource.ragkit_space_fix = True  # type: ignore[attr-defined]
+    font_class.from_font_resource = classmethod(from_font_resource)
+
+
 def extract(data: bytes, limits: Limits) -> RawPdf:
     """Read every page's text, stopping with an error when a cap is reached (runs in the worker)."""
+    _space_width_without_a_space_glyph()
     raw = RawPdf()
     deadline = time.monotonic() + limits.max_seconds_per_file
     total = 0
