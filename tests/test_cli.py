@@ -49,6 +49,7 @@ def test_search_json_schema(indexed):
             "dense_score",
             "path",
             "page",
+            "page_label",  # added for printed PDF page labels (issue 14.8)
             "start_line",
             "end_line",
             "heading",

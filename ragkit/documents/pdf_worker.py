@@ -33,7 +33,7 @@ def main() -> None:
     requests = Connection(os.dup(0), writable=False)
     import pypdf  # noqa: F401 - imported before "ready" so no deadline pays for it
 
-    from ragkit.documents.pdf import extract
+    from ragkit.documents.pdf_extract import extract
 
     _limit_memory(int(sys.argv[1]))
     replies.send("ready")
