@@ -95,7 +95,7 @@ def _open_pdf(data: bytes) -> PdfReader:
     return reader
 
 
-def _space_width_without_a_space_glyph() -> None:
+def space_width_without_a_space_glyph() -> None:
     """Make pypdf estimate the word gap of a font that has no space glyph from its other widths.
 
     TeX engines (xdvipdfmx, and pdfTeX for symbol fonts) embed fonts whose word gaps are drawn
@@ -136,7 +136,7 @@ def _space_width_without_a_space_glyph() -> None:
 
 def extract(data: bytes, limits: Limits) -> RawPdf:
     """Read every page's text, stopping with an error when a cap is reached (runs in the worker)."""
-    _space_width_without_a_space_glyph()
+    space_width_without_a_space_glyph()
     raw = RawPdf()
     deadline = time.monotonic() + limits.max_seconds_per_file
     total = 0
