@@ -236,10 +236,17 @@ def _index_flags(path: Path) -> str:
     return flags
 
 
+def _has_page_label(conn: sqlite3.Connection) -> bool:
+    return any(row[1] == "page_label" for row in conn.execute("PRAGMA table_info(chunks)"))
+
+
 def _add_page_label_column(conn: sqlite3.Connection) -> None:
     """Give an index made before page labels its (nullable) ``chunks.page_label`` column."""
-    if not any(row[1] == "page_label" for row in conn.execute("PRAGMA table_info(chunks)")):
-        conn.execute("ALTER TABLE chunks ADD COLUMN page_label TEXT")
+    if not _has_page_label(conn):
+        try:
+            conn.execute("ALTER TABLE chunks ADD COLUMN page_label TEXT")
+        except sqlite3.OperationalError:
+            pass  # a read-only index: searches read its labels as NULL (see Store.chunks)
 
 
 def _now() -> str:
@@ -656,12 +663,13 @@ class Store:
     def chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
         """Chunk rows (with their document paths) by id."""
         out: dict[int, StoredChunk] = {}
+        label = "c.page_label" if _has_page_label(self.db.conn) else "NULL"
         for start in range(0, len(ids), 500):
             part = [int(i) for i in ids[start : start + 500]]
             marks = ",".join("?" * len(part))
             for row in self.db.conn.execute(
                 "SELECT c.id, d.path, c.ordinal, c.text, c.page, c.start_line, c.end_line,"
-                " c.start_char, c.end_char, c.heading, c.tokens, c.page_label FROM chunks c"
+                f" c.start_char, c.end_char, c.heading, c.tokens, {label} FROM chunks c"
                 f" JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})",
                 part,
             ):

@@ -182,3 +182,30 @@ def test_small_kerns_inside_words_do_not_become_spaces(tmp_path: Path) -> None:
     lines = ["Typesetting kerning examples"]
     assert load(tmp_path, tex_like_pdf(lines, kern=-90)).text == lines[0]
     assert load(tmp_path, tex_like_pdf(lines, kern=60), "tight.pdf").text == lines[0]
+
+
+def test_an_index_made_before_page_labels_gains_the_column_when_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    monkeypatch.setenv("RAGKIT_INDEX_DIR", str(tmp_path / "indexes"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "manual.pdf").write_bytes(book())
+    assert runner.invoke(app, ["index", str(docs), "--embedder", "bow"]).exit_code == 0
+    db = tmp_path / "indexes" / "default" / "ragkit.db"
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE chunks DROP COLUMN page_label")  # as an older ragkit made it
+    conn.commit()
+    conn.close()
+
+    query = ["search", "dash types pattern", "-k", "1", "--mode", "keyword", "--json"]
+    hit = json.loads(runner.invoke(app, query).stdout)["hits"][0]
+
+    assert (hit["page"], hit["page_label"]) == (6, None)  # old chunks: none until the file changes
+    conn = sqlite3.connect(db)
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(chunks)")]
+    conn.close()
+    assert "page_label" in columns
