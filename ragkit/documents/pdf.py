@@ -168,8 +168,8 @@ def _shape(line: str) -> str:
 def _drop_running_lines(pages: list[tuple[int, str]]) -> list[tuple[int, str]]:
     """Pages without the lines that repeat at their top or bottom on most pages.
 
-    Books alternate headers between left and right pages, so a line counts as running when it
-    sits at an edge of at least half the pages of one parity (and of three pages at least).
+    A line counts as running when it sits at an edge of at least three pages and of at least
+    half of them all, or of half the left or the right pages (books alternate their headers).
     """
     if len(pages) < 3:
         return pages
@@ -179,8 +179,11 @@ def _drop_running_lines(pages: list[tuple[int, str]]) -> list[tuple[int, str]]:
         top, bottom = lines[:_EDGE_LINES], lines[-_EDGE_LINES:]
         edges.append({_shape(line) for line in top + bottom})
     running: set[str] = set()
-    for parity in (0, 1):
-        group = [e for (number, _), e in zip(pages, edges, strict=True) if number % 2 == parity]
+    groups = [edges] + [
+        [e for (number, _), e in zip(pages, edges, strict=True) if number % 2 == parity]
+        for parity in (0, 1)
+    ]
+    for group in groups:
         counts = Counter(shape for e in group for shape in e)
         running |= {s for s, n in counts.items() if n >= 3 and 2 * n >= len(group)}
     if not running:
