@@ -48,13 +48,15 @@ class Citation:
     end_line: int
     quote: str
     chunk_id: int
+    page_label: str | None = None  # the PDF page's printed label when it differs from page
 
     @property
     def location(self) -> str:
-        """``path (page p, lines a–b)`` as shown to users."""
+        """``path (page p (label), lines a–b)`` as shown to users."""
         parts = []
         if self.page is not None:
-            parts.append(f"page {self.page}")
+            label = f" ({self.page_label})" if self.page_label else ""
+            parts.append(f"page {self.page}{label}")
         if self.start_line == self.end_line:
             parts.append(f"line {self.start_line}")
         else:
@@ -160,7 +162,9 @@ def extractive_answer(
 
 
 def _citation(n: int, hit: Hit, quote: str) -> Citation:
-    return Citation(n, hit.path, hit.page, hit.start_line, hit.end_line, quote, hit.chunk_id)
+    return Citation(
+        n, hit.path, hit.page, hit.start_line, hit.end_line, quote, hit.chunk_id, hit.page_label
+    )
 
 
 # -- LLM ---------------------------------------------------------------------------------------

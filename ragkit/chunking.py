@@ -27,11 +27,13 @@ class Chunk:
     text: str  # == doc.text[start_char:end_char], exactly
     start_char: int
     end_char: int
-    start_line: int  # 1-based, inclusive; for PDFs counted within the page's text
+    # 1-based, inclusive: lines of the source file (HTML too); for PDFs, of the page's text
+    start_line: int
     end_line: int
     page: int | None  # PDF page number, else None
     heading: str  # heading path, e.g. "Returns > Refunds > Store credit"; "" when none
     tokens: int  # count_tokens(text), measured on this exact text
+    page_label: str | None = None  # the page's printed label ("xii") when it differs from page
 
 
 # How strong the boundary just before a unit is; a chunk prefers to end at the strongest one.
@@ -66,6 +68,7 @@ class _Section:
     heading: str
     page: int | None
     line_base: int  # offset that line 1 starts at: 0, or the page's start for PDFs
+    page_label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,23 +98,31 @@ def chunk_document(
     spans = _verified_spans(text, units, count_tokens, max_tokens, overlap)
 
     newlines = [m.start() for m in re.finditer("\n", text)]
+    mapped = [offset for offset, _ in doc.line_map]
     chunks: list[Chunk] = []
     for ordinal, (si, a, b, tokens) in enumerate(spans):
         section = sections[si]
         start, end = units[si][a].start, units[si][b - 1].end
-        base = bisect_left(newlines, section.line_base)
+        # end - 1 is the last character, never a newline: chunks end on non-whitespace.
+        if mapped:  # HTML: the lines of the file the text came from
+            start_line = doc.line_map[max(bisect_right(mapped, start) - 1, 0)][1]
+            end_line = doc.line_map[max(bisect_right(mapped, end - 1) - 1, 0)][1]
+        else:
+            base = bisect_left(newlines, section.line_base)
+            start_line = bisect_left(newlines, start) - base + 1
+            end_line = bisect_left(newlines, end - 1) - base + 1
         chunks.append(
             Chunk(
                 ordinal=ordinal,
                 text=text[start:end],
                 start_char=start,
                 end_char=end,
-                start_line=bisect_left(newlines, start) - base + 1,
-                # end - 1 is the last character, never a newline: chunks end on non-whitespace.
-                end_line=bisect_left(newlines, end - 1) - base + 1,
+                start_line=start_line,
+                end_line=end_line,
                 page=section.page,
                 heading=section.heading,
                 tokens=tokens,
+                page_label=section.page_label,
             )
         )
     log.debug("%s: %d chunks from %d sections", doc.path, len(chunks), len(sections))
@@ -125,6 +136,7 @@ def _sections(doc: Document) -> list[_Section]:
     starts = [h.start for h in heads]
     paths = _heading_paths(heads)
     regions: list[tuple[int, int, int | None]]
+    labels = {p.number: p.label for p in doc.pages}
     if doc.pages:
         regions = [(p.start, p.end, p.number) for p in sorted(doc.pages, key=lambda p: p.start)]
     else:
@@ -150,7 +162,8 @@ def _sections(doc: Document) -> list[_Section]:
                     continue
             path = paths[here] if here >= 0 else ""
             start = a if merged_start is None else merged_start
-            out.append(_Section(start, b, path, number, line_base))
+            label = labels.get(number) if number is not None else None
+            out.append(_Section(start, b, path, number, line_base, label))
             merged_start = None
     return out
 

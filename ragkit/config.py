@@ -56,6 +56,15 @@ class Settings:
     chunk_tokens: int = 240  # most tokens per chunk (capped at the embedder's input limit)
     chunk_overlap: int = 40  # tokens shared by neighbouring chunks
     max_file_mb: float = 50.0  # files larger than this are skipped
+    # Caps on what one file may cost; a file that reaches one is reported failed, with the cap.
+    max_chars_per_file: int = 10_000_000  # extracted characters (about 4,000 book pages)
+    max_chars_per_page: int = 200_000  # extracted characters on one PDF page
+    max_seconds_per_file: float = 120.0  # reading one PDF (the only format that expands)
+    follow_symlinks: bool = False  # read links whose target lies outside the indexed folder
+    # gitignore-style globs; None = those stored in the index (or none), () = clear them
+    include: tuple[str, ...] | None = None  # index only files matching one of these
+    exclude: tuple[str, ...] | None = None  # never index files or folders matching these
+    skip_generated: bool = True  # leave out minified/generated assets and Sphinx _sources/
     llm: bool | None = None  # None = use the chat model when OpenAI is configured
     chat_model: str = DEFAULT_CHAT_MODEL
     # Chat request parameters; None leaves each to ragkit's choice for the model family
@@ -149,6 +158,9 @@ class Settings:
             )
         if self.max_file_mb <= 0:
             raise ConfigError(f"max_file_mb must be positive (got {self.max_file_mb})")
+        for cap in ("max_chars_per_file", "max_chars_per_page", "max_seconds_per_file"):
+            if getattr(self, cap) <= 0:
+                raise ConfigError(f"{cap} must be positive (got {getattr(self, cap)})")
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise ConfigError(f"temperature must be between 0 and 2 (got {self.temperature})")
         if self.top_p is not None and not 0 <= self.top_p <= 1:

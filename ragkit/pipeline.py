@@ -9,6 +9,7 @@ checks (and repairs) the index's files.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from ragkit.chat import ChatModel, OpenAIChatModel
 from ragkit.chunking import chunk_document
 from ragkit.config import Settings
 from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
-from ragkit.documents import Skipped
+from ragkit.documents import Limits, Selection, Skipped
 from ragkit.embedders import (
     Embedder,
     embed_batches,
@@ -95,14 +96,51 @@ class IndexStatus:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _folder_sync(root: Path, known: dict[str, DocumentRow], settings: Settings) -> FolderSync:
-    """The comparison of ``root`` with an index's documents, under the settings' limits."""
-    return FolderSync(
+def _selection(settings: Settings, stored: str | None) -> dict[str, Any]:
+    """The file selection for a run: the settings' patterns, else those the index stored."""
+    old = json.loads(stored) if stored else {}
+    return {
+        "include": [p for p in settings.include if p]
+        if settings.include is not None
+        else old.get("include", []),
+        "exclude": [p for p in settings.exclude if p]
+        if settings.exclude is not None
+        else old.get("exclude", []),
+        "skip_generated": settings.skip_generated,
+    }
+
+
+def _folder_sync(
+    root: Path, known: dict[str, DocumentRow], settings: Settings, store: Store | None
+) -> tuple[FolderSync, str]:
+    """The comparison of ``root`` with an index's documents, under the settings' limits and file
+    selection; also that selection as stored in the index."""
+    stored = store.note("selection") if store is not None else None
+    selection = _selection(settings, stored)
+    encoded = json.dumps(selection, sort_keys=True)
+    # Changed rules (or an index from before they were stored) are applied to every file.
+    recheck = bool(known) and encoded != stored
+    sync = FolderSync(
         root,
         known,
         exclude=[Path(settings.index_dir)],
         max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
+        follow_symlinks=settings.follow_symlinks,
+        selection=Selection.for_root(
+            root if root.is_dir() else root.parent,
+            include=selection["include"],
+            exclude=selection["exclude"],
+            skip_generated=selection["skip_generated"],
+        ),
+        limits=Limits(
+            max_chars_per_file=settings.max_chars_per_file,
+            max_chars_per_page=settings.max_chars_per_page,
+            max_seconds_per_file=settings.max_seconds_per_file,
+            skip_generated=selection["skip_generated"],
+        ),
+        recheck=recheck,
     )
+    return sync, encoded
 
 
 def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
@@ -205,7 +243,7 @@ def index(
         # 1. Compare the folder with the index; 2. apply each change as it is found, committing
         # each document with its chunks (unchanged chunk texts keep their vectors).
         note("scan", 0, 0)
-        sync = _folder_sync(root, store.documents(), settings)
+        sync, selection = _folder_sync(root, store.documents(), settings, store)
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         reused = 0
         for change in sync.changes(note):
@@ -236,6 +274,7 @@ def index(
         # 3. Remove what is gone, after the loads above could take over its vectors.
         removed = sync.removed
         store.remove_documents(removed)
+        store.set_note("selection", selection)
 
         # 4. Embed every chunk still without a vector, committing batch by batch.
         pending = store.pending()
@@ -293,7 +332,7 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
                 f" re-index that folder, or pass --index NEW_NAME for this one"
             )
         known = store.documents() if store is not None else {}
-        sync = _folder_sync(root, known, settings)
+        sync, _ = _folder_sync(root, known, settings, store)
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         to_embed = reused = tokens = new_chunks = 0
         same: set[str] = set()  # unchanged bytes: a run embeds their chunks still without vectors

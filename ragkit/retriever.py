@@ -52,6 +52,7 @@ class Hit:
     text: str
     # Cosine similarity to the query, whatever the mode; None only on Hits built elsewhere.
     dense_score: float | None = None
+    page_label: str | None = None  # the PDF page's printed label when it differs from page
 
 
 def check_query(query: str) -> str:
@@ -216,6 +217,7 @@ def search(
                 heading=row.heading,
                 text=row.text,
                 dense_score=float(cosines[j]),
+                page_label=row.page_label,
             )
         )
     return hits

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragkit.documents import Document, Skipped, discover, load_document, relative_path
+from ragkit.documents import (
+    Document,
+    Limits,
+    Selection,
+    Skipped,
+    discover,
+    load_document,
+    relative_path,
+)
 from ragkit.errors import LoadError
 from ragkit.store import DocumentRow
 
@@ -44,10 +52,24 @@ class FolderSync:
         *,
         exclude: Sequence[Path],
         max_file_bytes: int,
+        follow_symlinks: bool = False,
+        selection: Selection | None = None,
+        limits: Limits | None = None,
+        recheck: bool = False,
     ) -> None:
         self.root = root
         self.known = known
-        files, passed_over = discover(root, exclude=exclude, max_file_bytes=max_file_bytes)
+        self.limits = limits or Limits()
+        # Read every file again, not only those whose size or mtime moved: the rules about what
+        # to index changed, and content decides some of them (minified files).
+        self.recheck = recheck
+        files, passed_over = discover(
+            root,
+            exclude=exclude,
+            max_file_bytes=max_file_bytes,
+            follow_symlinks=follow_symlinks,
+            selection=selection,
+        )
         self.skipped = [s for s in passed_over if not s.failed]
         self.failed = [s for s in passed_over if s.failed]
         self.present = {relative_path(f, root): f for f in files}
@@ -90,6 +112,7 @@ class FolderSync:
                 stat = file.stat()
                 if (
                     row
+                    and not self.recheck
                     and row.status == "indexed"
                     and (row.size, row.mtime)
                     == (
@@ -99,7 +122,7 @@ class FolderSync:
                 ):
                     self.unchanged += 1  # fast path: size and mtime unchanged
                     continue
-                doc = load_document(file, self.root)
+                doc = load_document(file, self.root, limits=self.limits)
             except LoadError as exc:
                 if exc.failed:  # the indexed version, if any, stays searchable
                     self.failed.append(Skipped(rel, exc.reason, True))

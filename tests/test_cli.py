@@ -49,6 +49,7 @@ def test_search_json_schema(indexed):
             "dense_score",
             "path",
             "page",
+            "page_label",  # added for printed PDF page labels (issue 14.8)
             "start_line",
             "end_line",
             "heading",
@@ -107,7 +108,7 @@ def test_ask_json_schema(indexed):
     assert set(data) >= {"question", "answer", "mode", "model", "abstained", "citations"}
     assert data["mode"] == "extractive" and data["abstained"] is False
     for c in data["citations"]:
-        assert set(c) == {"n", "path", "page", "start_line", "end_line", "quote"}
+        assert set(c) == {"n", "path", "page", "page_label", "start_line", "end_line", "quote"}
     assert data["citations"][0]["path"] == "returns.md"
 
 

@@ -61,6 +61,7 @@ def _answer_json(answer: Answer) -> dict[str, Any]:
                 "n": c.n,
                 "path": c.path,
                 "page": c.page,
+                "page_label": c.page_label,
                 "start_line": c.start_line,
                 "end_line": c.end_line,
                 "quote": c.quote,

@@ -74,6 +74,34 @@ def index(
         float | None,
         typer.Option(envvar="RAGKIT_MAX_FILE_MB", help="Skip larger files [default: 50]."),
     ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(help="Index only files matching this glob (repeatable; kept in the index)."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="Leave out files/folders matching this glob (repeatable; kept)."),
+    ] = None,
+    skip_generated: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-generated/--no-skip-generated",
+            help="Leave out minified/generated assets and Sphinx _sources/ [default: skip].",
+        ),
+    ] = None,
+    follow_symlinks: Annotated[
+        bool | None,
+        typer.Option("--follow-symlinks", help="Read links that point outside the folder."),
+    ] = None,
+    max_chars_per_file: Annotated[
+        int | None, typer.Option(help="Fail a file past this much text [default: 10,000,000].")
+    ] = None,
+    max_chars_per_page: Annotated[
+        int | None, typer.Option(help="Fail a PDF with a page past this much text [200,000].")
+    ] = None,
+    max_seconds_per_file: Annotated[
+        float | None, typer.Option(help="Fail a PDF that takes longer to read [default: 120].")
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for another writer instead of failing.")
     ] = False,
@@ -101,6 +129,13 @@ def index(
         chunk_tokens=chunk_tokens,
         chunk_overlap=chunk_overlap,
         max_file_mb=max_file_mb,
+        include=None if include is None else tuple(include),
+        exclude=None if exclude is None else tuple(exclude),
+        skip_generated=skip_generated,
+        follow_symlinks=follow_symlinks,
+        max_chars_per_file=max_chars_per_file,
+        max_chars_per_page=max_chars_per_page,
+        max_seconds_per_file=max_seconds_per_file,
     )
     if as_json:
         typer.echo(json.dumps(_report_json(report), indent=2, ensure_ascii=False))
@@ -123,8 +158,7 @@ def _report_json(report: IndexReport) -> dict[str, Any]:
 def _print_report(report: IndexReport) -> None:
     for item in report.failed:
         err(f"failed: {item.path}: {item.reason}")
-    for item in report.skipped:
-        err(f"skipped: {item.path}: {item.reason}")
+    _print_skipped(report, "skipped")
     for path, warning in report.warnings:
         err(f"warning: {path}: {warning}")
     err(
@@ -138,6 +172,18 @@ def _print_report(report: IndexReport) -> None:
     )
     if report.tokens_embedded and report.cost_usd:
         err(f"{report.tokens_embedded} tokens embedded, about ${report.cost_usd:.4f} at list price")
+
+
+def _print_skipped(report: IndexReport, verb: str) -> None:
+    """One line per skipped file; hidden ones (often thousands, under .git) as one count."""
+    from ragkit.documents import HIDDEN
+
+    for item in report.skipped:
+        if item.reason != HIDDEN:
+            err(f"{verb}: {item.path}: {item.reason}")
+    hidden = sum(item.reason == HIDDEN for item in report.skipped)
+    if hidden:
+        err(f"{verb}: {hidden} hidden (names starting with '.'; not indexed)")
 
 
 def _print_estimate(report: IndexReport) -> None:

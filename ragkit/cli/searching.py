@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from ragkit.retriever import Hit
 
 
-def _location(page: int | None, start: int, end: int) -> str:
-    parts = [f"page {page}"] if page is not None else []
+def _location(page: int | None, start: int, end: int, label: str | None = None) -> str:
+    parts = [f"page {page}" + (f" ({label})" if label else "")] if page is not None else []
     parts.append(f"line {start}" if start == end else f"lines {start}–{end}")
     return ", ".join(parts)
 
@@ -44,6 +44,7 @@ def _hit_json(hit: Hit) -> dict[str, Any]:
         "dense_score": None if hit.dense_score is None else round(hit.dense_score, 6),
         "path": hit.path,
         "page": hit.page,
+        "page_label": hit.page_label,
         "start_line": hit.start_line,
         "end_line": hit.end_line,
         "heading": hit.heading,
@@ -103,7 +104,7 @@ def search(
         heading = f" § {hit.heading}" if hit.heading else ""
         typer.echo(
             f"{hit.rank}. [{_score(settings.mode, hit)}] {hit.path}"
-            f" ({_location(hit.page, hit.start_line, hit.end_line)}){heading}"
+            f" ({_location(hit.page, hit.start_line, hit.end_line, hit.page_label)}){heading}"
         )
         typer.echo("   " + " ".join(hit.text.split())[:400])
         typer.echo("")

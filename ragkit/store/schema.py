@@ -78,6 +78,7 @@ class StoredChunk:
     end_char: int
     heading: str
     tokens: int
+    page_label: str | None = None  # a PDF page's printed label when it differs from its number
 
 
 SCHEMA = """
@@ -102,6 +103,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     ordinal INTEGER NOT NULL,
     text TEXT NOT NULL,
     page INTEGER,
+    page_label TEXT,
     start_line INTEGER NOT NULL,
     end_line INTEGER NOT NULL,
     start_char INTEGER NOT NULL,
@@ -148,6 +150,25 @@ def index_flags(path: Path) -> str:
     if path.parent != Path("indexes"):
         flags += f" --index-dir {shlex.quote(str(path.parent))}"
     return flags
+
+
+def has_page_label(conn: sqlite3.Connection) -> bool:
+    """True when ``chunks`` has the ``page_label`` column (indexes made before it lack it)."""
+    return any(row[1] == "page_label" for row in conn.execute("PRAGMA table_info(chunks)"))
+
+
+def add_page_label_column(conn: sqlite3.Connection) -> bool:
+    """Give an index made before page labels its (nullable) ``chunks.page_label`` column.
+
+    Returns whether the column is there afterwards: a read-only index keeps reading NULL labels.
+    """
+    if has_page_label(conn):
+        return True
+    try:
+        conn.execute("ALTER TABLE chunks ADD COLUMN page_label TEXT")
+    except sqlite3.OperationalError:
+        return False
+    return True
 
 
 def now() -> str:

@@ -26,6 +26,7 @@ from ragkit.store.schema import (
     DocumentRow,
     Manifest,
     StoredChunk,
+    add_page_label_column,
     cache_key,
     connect,
     index_flags,
@@ -50,6 +51,7 @@ class Store:
         self.manifest = manifest
         self._faiss: Any = None
         self._lock = WriteLock(path)
+        self._page_labels = True  # False for an old read-only index without the column
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -116,6 +118,7 @@ class Store:
         db = connect(path)
         try:
             manifest = read_manifest(db, path)
+            labels = add_page_label_column(db.conn)
         except BaseException:
             db.conn.close()
             raise
@@ -126,7 +129,9 @@ class Store:
                 f" {SCHEMA_VERSION}: rebuild it with `ragkit index PATH --index {path.name}`"
                 " into a new index"
             )
-        return cls(path, db, manifest)
+        store = cls(path, db, manifest)
+        store._page_labels = labels
+        return store
 
     def close(self) -> None:
         """Release the write lock (if held) and the database connection."""
@@ -233,8 +238,8 @@ class Store:
             doc_id = int(cur.lastrowid or 0)
             conn.executemany(
                 "INSERT INTO chunks(document_id, ordinal, text, page, start_line, end_line,"
-                " start_char, end_char, heading, tokens, cache_key, vector)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " start_char, end_char, heading, tokens, cache_key, vector, page_label)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (
                         doc_id,
@@ -249,6 +254,7 @@ class Store:
                         c.tokens,
                         h,
                         cached.get(h),
+                        c.page_label,
                     )
                     for c, h in zip(chunks, hashes, strict=True)
                 ),
@@ -341,12 +347,13 @@ class Store:
     def chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
         """Chunk rows (with their document paths) by id."""
         out: dict[int, StoredChunk] = {}
+        label = "c.page_label" if self._page_labels else "NULL"
         for start in range(0, len(ids), 500):
             part = [int(i) for i in ids[start : start + 500]]
             marks = ",".join("?" * len(part))
             for row in self.db.conn.execute(
                 "SELECT c.id, d.path, c.ordinal, c.text, c.page, c.start_line, c.end_line,"
-                " c.start_char, c.end_char, c.heading, c.tokens FROM chunks c"
+                f" c.start_char, c.end_char, c.heading, c.tokens, {label} FROM chunks c"
                 f" JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})",
                 part,
             ):
@@ -525,6 +532,22 @@ class Store:
         if where:
             raise KeyError(f"no stored vector for chunk(s) {sorted(where)[:5]}")
         return out
+
+    def note(self, key: str) -> str | None:
+        """A value the pipeline keeps in the manifest table (e.g. the file selection), or None."""
+        row = self.db.conn.execute(
+            "SELECT value FROM manifest WHERE key = ?", ("note:" + key,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_note(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key`` in the manifest table, replacing what was there."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO manifest(key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                ("note:" + key, value),
+            )
 
     # -- health ------------------------------------------------------------------------------
 
