@@ -159,7 +159,11 @@ def connect(path: Path) -> sqlite_utils.Database:
     """The index database at ``path`` in WAL mode, autocommit (writes use BEGIN IMMEDIATE)."""
     import sqlite_utils
 
-    conn = sqlite3.connect(path / DB_NAME, timeout=30.0, isolation_level=None)
+    # Not bound to the opening thread: an open Index gives each thread its own Store, and
+    # closes them all from whichever thread calls close().
+    conn = sqlite3.connect(
+        path / DB_NAME, timeout=30.0, isolation_level=None, check_same_thread=False
+    )
     db = sqlite_utils.Database(conn)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

@@ -149,6 +149,39 @@ class Store:
             )
         self.manifest = read_manifest(self.db, self.path)
 
+    def refresh_manifest(self) -> Manifest:
+        """Re-read the manifest (another process may have committed since it was read)."""
+        self.manifest = read_manifest(self.db, self.path)
+        return self.manifest
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection commits.
+
+        A cheap check (no table is read) that tells a long-lived reader when to look again.
+        """
+        return int(self.db.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: every read inside sees the same committed state.
+
+        Load the FAISS index (``faiss_index()``) before entering: a rebuild may write.
+        """
+        conn = self.db.conn
+        if conn.in_transaction:  # already inside one: it is the snapshot
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def share_vectors(self, index: Any) -> None:
+        """Use an already verified FAISS index (an open ``Index`` shares one between threads)."""
+        self._faiss = index
+
     # -- the write lock ----------------------------------------------------------------------
 
     def lock(self, *, wait: bool = False, timeout: float | None = None) -> None:
