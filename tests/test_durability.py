@@ -253,3 +253,46 @@ def test_the_real_error_is_not_masked_by_a_failed_rollback(tmp_path, settings):
             store.set_vectors([i for i, _, _ in pending], vectors, 100)
         assert not conn.in_transaction
         assert store.counts() == before
+
+
+# -- read-only storage (14.5) -----------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_index(tmp_path, settings):
+    """An index built normally, then seen through a read-only bind mount of its folder."""
+    root = _big_corpus(tmp_path / "docs", 6)
+    ragkit.index(root, settings)
+    view = tmp_path / "ro"
+    _mount(view, "--bind", str(settings.index_dir))
+    try:
+        done = subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("read-only remount not permitted here")
+        yield root, view
+    finally:
+        _umount(view)
+
+
+def test_an_index_on_read_only_storage_is_searchable(read_only_index):
+    root, view = read_only_index
+    where = ("--index-dir", str(view))
+    with pytest.raises(OSError):
+        (view / "default" / "probe").touch()  # the mount really is read-only, even for root
+
+    found = _run("search", "unique4 marker", "-k", "1", *where)
+    assert found.returncode == 0 and "f4.md" in found.stdout, found.stderr
+    for mode in ("dense", "keyword"):
+        assert "f2.md" in _run("search", "unique2", "--mode", mode, "-k", "1", *where).stdout
+    answered = _run("ask", "unique5 marker", *where, RAGKIT_ABSTAIN_BELOW="0")
+    assert answered.returncode == 0 and "[1]" in answered.stdout, answered.stderr
+    status = _run("status", "--json", *where)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["documents"] == 6
+    with ragkit.open(index_dir=view) as idx:
+        assert idx.search("unique1", k=1)[0].path == "f1.md"
+
+    (root / "f1.md").write_text("# Changed\n\nNew words.\n")
+    for command in (("index", str(root), *where), ("doctor", "--repair", *where)):
+        done = _run(*command)
+        _one_line_error(done, "read-only storage", "copy the folder to writable storage")
