@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -256,3 +257,61 @@ def test_threads_search_while_another_process_indexes(tmp_path, settings, docs):
             if h.path == str(first[1].relative_to(docs))
         ]
         assert idx.status().faiss_agrees
+
+
+# -- a cold search on an OpenAI-embedded index (9.3) --------------------------------------------
+
+
+@pytest.fixture
+def openai_index(tmp_path, openai_server):
+    root = write(tmp_path / "docs", PAGES)
+    env = {"OPENAI_BASE_URL": openai_server.base_url, "OPENAI_API_KEY": "test"}
+    ragkit.index(root, index_dir=tmp_path / "indexes", embedder="openai", **_creds(env))
+    return tmp_path / "indexes", env
+
+
+def _creds(env: dict[str, str]) -> dict[str, str]:
+    return {"openai_base_url": env["OPENAI_BASE_URL"], "openai_api_key": env["OPENAI_API_KEY"]}
+
+
+def test_a_cold_search_does_not_import_the_openai_sdk(openai_index, openai_server):
+    index_dir, env = openai_index
+    openai_server.reset()
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ragkit", "search", "tyre pressure gauge"]
+        + ["--index-dir", str(index_dir), "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "numpy" in imported and "openai" not in imported
+    assert len(openai_server.requests_for("embeddings")) == 1  # the query, sent once
+    cold = [(h["path"], h["score"]) for h in json.loads(done.stdout)["hits"]]
+
+    # The same query through the SDK (an open Index's later queries) gives the same hits.
+    with ragkit.open(index_dir=index_dir, **_creds(env)) as idx:
+        idx.search("warm up")  # the embedder's first query went the direct way
+        warm = [(h.path, round(h.score, 6)) for h in idx.search("tyre pressure gauge")]
+    assert "openai" in sys.modules
+    assert cold == warm
+
+
+def test_a_failed_direct_query_is_sent_again_through_the_sdk(openai_index, openai_server):
+    from tests.openai_server import Fault
+
+    index_dir, env = openai_index
+    openai_server.reset()
+    openai_server.config.inject(Fault("server_error", endpoint="embeddings"))
+    hits = ragkit.search("gauge", index_dir=index_dir, mode="keyword", **_creds(env))
+    assert hits[0].path == "tyres.md"
+    statuses = [r.status for r in openai_server.requests_for("embeddings")]
+    assert statuses == [500, 200]
+
+    # An error that retrying cannot fix reads exactly as the SDK path explains it.
+    openai_server.reset()
+    openai_server.config.inject(Fault("insufficient_quota", endpoint="embeddings"), times=2)
+    with pytest.raises(ragkit.QuotaError):
+        ragkit.search("tyre pressure", index_dir=index_dir, **_creds(env))
