@@ -236,4 +236,6 @@ def open(settings: Settings | None = None, **overrides: Any) -> Index:  # noqa: 
     Settings are the keyword arguments of the module-level verbs (``index``, ``index_dir``,
     ``k``, ``mode``...); those given here are the defaults of every call on the Index.
     """
-    return Index(pipeline._settings(settings, overrides))
+    resolved = pipeline._settings(settings, overrides)
+    resolved.validate()  # a Settings object plus overrides is checked like keyword arguments
+    return Index(resolved)

@@ -82,6 +82,11 @@ def test_open_takes_keyword_settings_and_refuses_a_missing_index(tmp_path, setti
         assert len(idx.search("brake pads")) == 2
     with pytest.raises(ragkit.IndexNotFoundError):
         ragkit.open(index_dir=tmp_path / "nowhere")
+    # A Settings object plus overrides is validated like keyword arguments (9.5).
+    with pytest.raises(ConfigError, match="k must be at least 1"):
+        ragkit.open(settings, k=0)
+    with pytest.raises(ConfigError, match="bad index name"):
+        ragkit.open(settings, index="../x")
 
 
 def test_async_calls_run_at_most_max_concurrency_at_once(settings, docs):
@@ -131,7 +136,11 @@ def _fds() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
-def test_a_query_on_an_open_index_opens_no_file_and_scans_no_table(settings, docs):
+@pytest.mark.parametrize("embedder", ["bow", "local"])
+def test_a_query_on_an_open_index_opens_no_file_and_scans_no_table(tmp_path, embedder):
+    # The local model reads its tokenizer and weights from files: once, when the Index opens.
+    settings = ragkit.Settings.load(environ={}, index_dir=tmp_path / "indexes", embedder=embedder)
+    ragkit.index(write(tmp_path / "docs", PAGES), settings)
     queries = ["brake pads", "tyre pressure", "battery charging", "saddle height"] * 10
 
     # The one-shot verb opens the database (and more) on every call: the check can fail.
