@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import ragkit
 from ragkit.answerer import build_messages, format_sources
 from ragkit.chat import OpenAIChatModel, _note_dropped, is_reasoning_model, model_family
-from ragkit.cli import EXIT_ABSTAINED, EXIT_ERROR, EXIT_INCOMPLETE, app
+from ragkit.citations import CitationStream, check_citations
+from ragkit.cli import EXIT_ABSTAINED, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_UNCITED, app
 from ragkit.conversation import Turn, count_tokens, fit_history, merge_hits
 from ragkit.errors import ChatError, ConfigError, QuotaError
 from ragkit.retriever import Hit
@@ -262,20 +265,81 @@ def test_explicit_reasoning_flag_for_names_that_do_not_say(openai_server):
 
 
 def test_citations_to_missing_sources_are_removed(kb, openai_server):
-    openai_server.config.bogus_marker = 9
+    openai_server.config.bogus_marker = 9  # the model ends with " See also [9]."
     pieces: list[str] = []
     answer = ragkit.ask(Q_HOURS, kb, on_text=pieces.append)
-    assert "[9]" in "".join(pieces)  # the model did cite a source that does not exist
-    assert "[9]" not in answer.text and answer.text.endswith("See also.")
+    assert "".join(pieces) == answer.text  # the stream carries the checked answer only
+    assert "[9]" not in answer.text and "See also" not in answer.text
+    assert answer.text.endswith("[1].")
     assert [c.n for c in answer.citations] == [1] and len(answer.hits) < 9
 
-    result = runner.invoke(app, ["ask", Q_HOURS], env=cli_env(kb))
+    plain = ragkit.ask(Q_HOURS, kb)
+    assert plain.text == answer.text
+
+
+@pytest.mark.parametrize("command", ["ask", "chat"])
+def test_cli_streams_the_answer_once_without_invalid_markers(kb, openai_server, command):
+    openai_server.config.bogus_marker = 99
+    expected = ragkit.ask(Q_HOURS, kb).text
+    args, stdin = (["ask", Q_HOURS], None) if command == "ask" else (["chat"], f"{Q_HOURS}\n")
+    result = runner.invoke(app, args, input=stdin, env=cli_env(kb))
     assert result.exit_code == 0, result.output
-    streamed, checked = result.stdout.split(
-        "Checked answer (citations that name no source removed):"
-    )
-    assert "[9]" in streamed and "[9]" not in checked
-    assert "Sources:\n[1] hours.txt (lines 1–2)\n" in checked and "[9]" not in checked
+    head = f"> {Q_HOURS}\n" if command == "chat" else ""
+    sources = "\n\nSources:\n[1] hours.txt (lines 1–2)\n"
+    assert result.stdout.startswith(head + expected + sources)
+    assert result.stdout.count(expected) == 1 and "[99]" not in result.stdout
+    assert "See also" not in result.stdout and "Checked answer" not in result.stdout
+
+    result = runner.invoke(app, ["ask", Q_HOURS, "--json"], env=cli_env(kb))
+    data = json.loads(result.stdout)
+    assert (data["answer"], data["cited"]) == (expected, True)
+
+
+@pytest.mark.parametrize(
+    "raw, checked",
+    [
+        ("Two years [1]. See also [99].", "Two years [1]."),
+        ("Two years [1]. See also [2].", "Two years [1]. See also [2]."),
+        ("It closes at six, see [7]. Then [2].", "It closes at six. Then [2]."),
+        ("Two years (see [7]) for batteries [1].", "Two years for batteries [1]."),
+        ("Two years (see [1]) for batteries [3].", "Two years (see [1]) for batteries."),
+        ("Prices [1, 9] vary. [9]", "Prices [1] vary."),
+        ("Oversee [9] the thing [1].", "Oversee the thing [1]."),
+        ("Compare [4] and [1].", "Compare and [1]."),
+        ("The answer (e.g. this) is here [2][8].", "The answer (e.g. this) is here [2]."),
+        ("List:\n- one [1]\n- two [9]\n", "List:\n- one [1]\n- two"),
+    ],
+)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=60), max_size=20))
+def test_streamed_pieces_add_up_to_the_checked_text(raw, checked, cuts):
+    assert check_citations(raw, 2)[0] == checked
+    shown: list[str] = []
+    stream = CitationStream(2, shown.append)
+    points = sorted({c for c in cuts if c < len(raw)})
+    for a, b in zip([0, *points], [*points, len(raw)], strict=True):
+        stream(raw[a:b])
+        assert "[9" not in "".join(shown)  # never shown, not even for a moment
+    assert stream.finish() == checked and "".join(shown) == checked
+
+
+def test_an_answer_citing_no_source_is_flagged(kb, openai_server):
+    openai_server.config.answer = "The shop closes at six on Sundays."
+    answer = ragkit.ask(Q_HOURS, kb)
+    assert not answer.cited and not answer.citations and answer.hits
+
+    result = runner.invoke(app, ["ask", Q_HOURS], env=cli_env(kb))
+    assert result.exit_code == EXIT_UNCITED
+    assert result.stdout.startswith("The shop closes at six on Sundays.")
+    assert "cites none of the sources" in result.stderr
+
+    result = runner.invoke(app, ["ask", Q_HOURS, "--json"], env=cli_env(kb))
+    assert result.exit_code == EXIT_UNCITED
+    assert json.loads(result.stdout)["cited"] is False
+    assert "cites none of the sources" in result.stderr
+
+    openai_server.config.answer = None  # cited answers are not flagged
+    result = runner.invoke(app, ["ask", Q_HOURS, "--json"], env=cli_env(kb))
+    assert result.exit_code == 0 and json.loads(result.stdout)["cited"] is True
 
 
 def test_finish_reason_length_is_reported(kb, openai_server):

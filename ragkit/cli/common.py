@@ -23,6 +23,7 @@ EXIT_ABSTAINED = 2
 EXIT_FILES_FAILED = 3
 EXIT_INCOMPLETE = 4
 EXIT_UNHEALTHY = 5
+EXIT_UNCITED = 6  # ask: an LLM answer that cites none of the sources it was given
 
 # Options shared by every command; each has a RAGKIT_* variable of the same name.
 IndexName = Annotated[
