@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragkit.answerer import DEFAULT_ABSTAIN_BELOW, Answer, extractive_answer, llm_answer
 from ragkit.chat import ChatModel, OpenAIChatModel
 from ragkit.chunking import chunk_document
-from ragkit.config import Settings
+from ragkit.config import Overrides, Settings
 from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
 from ragkit.documents import Skipped
 from ragkit.embedders import (
@@ -37,6 +37,9 @@ from ragkit.retriever import MODES, Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
 from ragkit.store import DocumentRow, HealthReport, Problem, Store, cache_key
 from ragkit.sync import FolderSync
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ def _folder_sync(root: Path, known: dict[str, DocumentRow], settings: Settings) 
     )
 
 
-def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+def _settings(settings: Settings | None, overrides: Overrides) -> Settings:
     return Settings.load(**overrides) if settings is None else settings.replace(**overrides)
 
 
@@ -160,12 +163,13 @@ def open_index(settings: Settings, *, count_only: bool = False) -> tuple[Store, 
 
 def index(
     path: str | Path,
+    /,
     settings: Settings | None = None,
     *,
     progress: Progress | None = None,
     wait: bool = False,
     dry_run: bool = False,
-    **overrides: Any,
+    **overrides: Unpack[Overrides],
 ) -> IndexReport:
     """Bring the index in line with the files under ``path``; returns what changed.
 
@@ -380,7 +384,9 @@ def _retrieve(store: Store, embedder: Embedder, query: str, settings: Settings) 
     )
 
 
-def search(query: str, settings: Settings | None = None, **overrides: Any) -> list[Hit]:
+def search(
+    query: str, settings: Settings | None = None, **overrides: Unpack[Overrides]
+) -> list[Hit]:
     """The passages that best match ``query`` in the settings' mode, best first.
 
     ``Hit.score`` is the mode's score (cosine, BM25 or fused); ``Hit.dense_score`` is always
@@ -400,7 +406,7 @@ def ask(
     *,
     on_text: Callable[[str], None] | None = None,
     history: Sequence[Turn] = (),
-    **overrides: Any,
+    **overrides: Unpack[Overrides],
 ) -> Answer:
     """Answer ``question`` from the index, with numbered citations.
 
@@ -463,7 +469,7 @@ def chat_model(settings: Settings) -> ChatModel:
     )
 
 
-def status(settings: Settings | None = None, **overrides: Any) -> IndexStatus:
+def status(settings: Settings | None = None, **overrides: Unpack[Overrides]) -> IndexStatus:
     """Where the index is, what built it, what it holds, and whether FAISS agrees with SQLite."""
     settings = _settings(settings, overrides)
     with Store.open(settings.index_path) as store:
@@ -496,7 +502,7 @@ def evaluate(
     modes: Sequence[str] = MODES,
     split: str = "test",
     progress: Progress | None = None,
-    **overrides: Any,
+    **overrides: Unpack[Overrides],
 ) -> EvalReport:
     """Score retrieval on a BEIR-format dataset: nDCG@10, Recall@10/100, MRR@10 per mode.
 
@@ -523,7 +529,11 @@ def evaluate(
 
 
 def doctor(
-    settings: Settings | None = None, *, repair: bool = False, wait: bool = False, **overrides: Any
+    settings: Settings | None = None,
+    *,
+    repair: bool = False,
+    wait: bool = False,
+    **overrides: Unpack[Overrides],
 ) -> HealthReport:
     """Check that the index's parts agree (FAISS, SQLite, keyword index, manifest); ``repair`` fixes
     what can be fixed without the source files. Embedding what is missing is ``index``'s job."""
