@@ -30,6 +30,20 @@ _SECRET = re.compile(
 )
 
 
+# The key values ragkit was given: masked wherever they appear, whatever their shape (an Azure
+# key is 32 hex characters, which no pattern can tell from a hash). Shorter strings are not
+# treated as secrets: masking "test" everywhere would garble messages, and protects nothing.
+_KEYS: set[str] = set()
+_MIN_KEY_LENGTH = 8
+
+
+def remember_keys(*keys: str | None) -> None:
+    """Mask these key values in every message ragkit writes from now on."""
+    for key in keys:
+        if key and len(key.strip()) >= _MIN_KEY_LENGTH:
+            _KEYS.add(key.strip())
+
+
 def make_client(
     *,
     api_key: str | None = None,
@@ -77,6 +91,7 @@ def check_credentials(
     azure_api_key: str | None = None,
 ) -> None:
     """Raise ConfigError, saying what to set, unless these credentials can make a client."""
+    remember_keys(api_key, azure_api_key)
     if azure_endpoint:
         if base_url:
             raise ConfigError(
@@ -156,7 +171,10 @@ def explain(exc: Exception, *, what: str) -> RagkitError:
 
 
 def redact(text: str) -> str:
-    """``text`` with anything that looks like a key, bearer token or URL password masked."""
+    """``text`` with the configured keys, and anything that looks like a key, bearer token or
+    URL password, masked."""
+    for key in sorted(_KEYS, key=len, reverse=True):
+        text = text.replace(key, "***")
     return _SECRET.sub("***", text)
 
 

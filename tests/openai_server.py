@@ -47,6 +47,8 @@ Config (:class:`ServerConfig`), all plain attributes unless noted
                    duration format: "20ms", "1.5s", "6m0s").
 ``api_keys``       None (any non-empty key) or a set of accepted keys; others get 401
                    ``invalid_api_key``
+``echo_key``       False; True makes every error message quote the request's key in full
+                   (as some proxies do), to test that clients mask it
 ``answer``         None, or a fixed scripted chat answer (still cut by max_tokens / stop)
 ``bogus_marker``   None, or n: generated answers end with " See also [n]." (a citation to a
                    source that does not exist)
@@ -329,6 +331,7 @@ class ServerConfig:
     rpm: int | None = None
     tpm: int | None = None
     api_keys: set[str] | None = None
+    echo_key: bool = False
     answer: str | None = None
     bogus_marker: int | None = None
     max_citations: int = 2
@@ -383,6 +386,7 @@ class ServerConfig:
             rpm=self.rpm,
             tpm=self.tpm,
             api_keys=None if self.api_keys is None else set(self.api_keys),
+            echo_key=self.echo_key,
             answer=self.answer,
             bogus_marker=self.bogus_marker,
             max_citations=self.max_citations,
@@ -877,7 +881,11 @@ class _App:
             else:
                 reply = self._chat(body, ctx)
         except _ApiError as err:
-            reply = _Reply(err.status, {"error": err.error}, headers=err.headers)
+            error = dict(err.error)
+            auth = headers.get("authorization", "")
+            if self.config.echo_key and auth.lower().startswith("bearer "):
+                error["message"] = f"{error['message']} (api key: {auth[7:].strip()})"
+            reply = _Reply(err.status, {"error": error}, headers=err.headers)
         if ctx.fault is not None and ctx.fault.kind not in _STATUS_FAULTS:
             reply.fault = ctx.fault
         return reply, body
@@ -901,6 +909,7 @@ class _App:
                 if len(key) > 8
                 else "*" * len(key)
             )
+
             raise _ApiError(
                 401,
                 _error(

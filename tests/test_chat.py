@@ -563,6 +563,27 @@ def test_chat_json_lines_one_per_turn(kb, openai_server):
     assert all(not r.stream for r in openai_server.requests_for("chat"))  # --json: no streaming
 
 
+def test_a_key_echoed_by_the_chat_server_is_masked(kb, openai_server, tmp_path):
+    key = "fedcba9876543210fedcba9876543210"  # Azure's shape: no "sk-" for a pattern to find
+    openai_server.config.echo_key = True
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RAGKIT_"))}
+    env.update(cli_env(kb), OPENAI_API_KEY=key, PYTHONPATH=str(ROOT))
+    for args in (["ask", Q_HOURS], ["ask", Q_HOURS, "--no-stream"], ["ask", Q_HOURS, "--json"]):
+        openai_server.config.inject(Fault("server_error", endpoint="chat", status=400))
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.ragkit_with_fakes", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == EXIT_ERROR and "(400)" in proc.stderr, proc.stderr
+        assert key in openai_server.requests[-1].error["message"]  # the server did echo it
+        assert key not in proc.stderr + proc.stdout and "***" in proc.stderr
+
+
 # -- async -----------------------------------------------------------------------------------
 
 

@@ -540,6 +540,24 @@ def test_keys_never_reach_the_index_logs_or_messages(tmp_path, corpus, openai_se
         assert not any(fragment.encode() in blob for blob in files)
 
 
+def test_a_key_of_any_shape_echoed_by_the_server_is_masked(tmp_path, corpus, openai_server):
+    """An Azure-style key (32 hex characters, no "sk-") quoted in full by a server's 401."""
+    key = "0123456789abcdef0123456789abcdef"
+    openai_server.config.echo_key = True
+    openai_server.config.inject(Fault("server_error", endpoint="embeddings", status=400))
+    proc = _ragkit(
+        "index",
+        str(corpus),
+        "--embedder",
+        "openai",
+        cwd=tmp_path,
+        env={"OPENAI_BASE_URL": openai_server.base_url, "OPENAI_API_KEY": key},
+    )
+    assert proc.returncode == 1 and "(400)" in proc.stderr and "Traceback" not in proc.stderr
+    assert key in openai_server.requests[0].error["message"]  # the server did echo it
+    assert key not in proc.stderr + proc.stdout and "***" in proc.stderr
+
+
 # --------------------------------------------------------------------------- small parts
 
 
