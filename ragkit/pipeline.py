@@ -417,8 +417,10 @@ def ask(
     """
     settings = _settings(settings, overrides)
     question = check_query(question)
-    history = fit_history(history, settings.chat_history_tokens)
     use_llm = settings.openai_configured if settings.llm is None else settings.llm
+    # Only a chat model reads the history; extractive answers need not count it (nor load a
+    # tokenizer for it).
+    history = fit_history(history, settings.chat_history_tokens) if use_llm else ()
     queries = [question]
     followup = followup_query(question, history)
     # Only a model can tell a follow-up from a change of topic (an earlier question's words

