@@ -123,16 +123,33 @@ def openai_credentials(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _embedder(spec: str, settings: Settings, *, count_only: bool = False) -> Embedder:
+# A question someone is waiting for gets a short retry budget (about ten seconds at most, each
+# retry logged as a warning); indexing keeps the long one, since it resumes unattended work.
+QUERY_MAX_RETRIES = 2
+QUERY_MAX_RETRY_DELAY = 2.0
+QUERY_TIMEOUT = 15.0
+
+
+def _embedder(
+    spec: str, settings: Settings, *, count_only: bool = False, query: bool = False
+) -> Embedder:
+    if query:
+        retries = {
+            "timeout": min(settings.openai_timeout, QUERY_TIMEOUT),
+            "max_retries": min(settings.openai_max_retries, QUERY_MAX_RETRIES),
+            "max_retry_delay": QUERY_MAX_RETRY_DELAY,
+            "purpose": "query embedding",
+        }
+    else:
+        retries = {"timeout": settings.openai_timeout, "max_retries": settings.openai_max_retries}
     return make_embedder(
         spec,
         **openai_credentials(settings),
         azure_deployment=settings.azure_deployment,
         concurrency=settings.openai_concurrency,
-        timeout=settings.openai_timeout,
-        max_retries=settings.openai_max_retries,
         batch_size=settings.batch_size,
         count_only=count_only,  # a dry run counts tokens: no credentials needed
+        **retries,
     )
 
 
@@ -141,8 +158,11 @@ def _cost(embedder: Embedder, tokens: int) -> float | None:
     return None if price is None else tokens * price / 1e6
 
 
-def open_index(settings: Settings, *, count_only: bool = False) -> tuple[Store, Embedder]:
-    """The index named by ``settings`` and the embedder it was built with."""
+def open_index(
+    settings: Settings, *, count_only: bool = False, query: bool = False
+) -> tuple[Store, Embedder]:
+    """The index named by ``settings`` and the embedder it was built with (``query``: set up to
+    embed questions, with a short retry budget)."""
     store = Store.open(settings.index_path)
     m = store.manifest
     if settings.embedder:
@@ -155,7 +175,7 @@ def open_index(settings: Settings, *, count_only: bool = False) -> tuple[Store, 
                 " or build a new index with --index NEW_NAME"
             )
     try:
-        return store, _embedder(m.embedder_spec, settings, count_only=count_only)
+        return store, _embedder(m.embedder_spec, settings, count_only=count_only, query=query)
     except BaseException:
         store.close()
         raise
@@ -395,7 +415,7 @@ def search(
     settings = _settings(settings, overrides)
     query = check_query(query)
     filters(settings)  # refuse bad filter values before opening anything
-    store, embedder = open_index(settings)
+    store, embedder = open_index(settings, query=True)
     with store:
         return _retrieve(store, embedder, query, settings)
 
@@ -429,7 +449,7 @@ def ask(
     if followup and use_llm:
         queries.append(followup)
     filters(settings)  # refuse bad filter values before opening anything
-    store, embedder = open_index(settings)
+    store, embedder = open_index(settings, query=True)
     with store:
         found = [_retrieve(store, embedder, q, settings) for q in queries]
     hits = merge_hits(found, settings.k)

@@ -76,6 +76,8 @@ or None for both.
 ``drop``                sends the status line, headers and ``keep_fraction`` (default 0.5) of the
                         body, then closes the socket (client: connection error); on a stream it
                         acts like an abrupt ``stream_cut``
+``close``               closes the connection without sending anything (client: "server
+                        disconnected without sending a response")
 ``stream_cut``          streaming chat requests only: sends the role chunk and ``keep_fraction``
                         of the content deltas, then closes the socket mid-body without
                         finish_reason or [DONE]; ``clean=True`` instead ends the HTTP body
@@ -251,9 +253,10 @@ FaultKind = Literal[
     "timeout",
     "drop",
     "stream_cut",
+    "close",
 ]
 _STATUS_FAULTS = {"rate_limit", "insufficient_quota", "server_error", "unavailable"}
-_FAULT_KINDS = _STATUS_FAULTS | {"timeout", "drop", "stream_cut"}
+_FAULT_KINDS = _STATUS_FAULTS | {"timeout", "drop", "stream_cut", "close"}
 
 
 @dataclass(frozen=True)
@@ -1441,7 +1444,7 @@ class _Handler(BaseHTTPRequestHandler):
                 stop.wait(config.latency)
             if reply.fault is not None and reply.fault.kind == "timeout":
                 stop.wait(reply.fault.delay)
-            if stop.is_set():
+            if stop.is_set() or (reply.fault is not None and reply.fault.kind == "close"):
                 self.close_connection = True
                 return
             base = {

@@ -473,6 +473,71 @@ def test_unreachable_server_fails_at_once_with_what_to_check(tmp_path, corpus):
     assert embedder.stats.requests == 1 and embedder.stats.retries == 0
 
 
+@pytest.mark.parametrize(
+    "fault, said",
+    [
+        (Fault("unavailable", endpoint="embeddings"), "query embedding failed with HTTP 503"),
+        (
+            Fault("close", endpoint="embeddings"),
+            "query embedding failed: the server at http://127.0.0.1",
+        ),
+    ],
+    ids=["503", "connection-closed"],
+)
+def test_a_failing_query_embedding_gives_up_soon_and_says_why(tmp_path, openai_server, fault, said):
+    """A question gets two retries, each shown on stderr, then a message naming what happened."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("Copper lanterns hang by the harbor bridge.")
+    ragkit.index(docs, settings(tmp_path, openai_server, "default"))
+    openai_server.reset()
+    openai_server.config.inject(fault, times=20)
+    proc = _ragkit(
+        "search",
+        "copper lanterns",
+        cwd=tmp_path,
+        env={"OPENAI_BASE_URL": openai_server.base_url, "OPENAI_API_KEY": "test"},
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(openai_server.requests_for("embeddings")) == 3  # one try and two retries
+    retries = [line for line in lines if "retrying" in line]
+    assert [line.split("retrying ")[1][:8] for line in retries] == ["(1 of 2)", "(2 of 2)"]
+    reason = "HTTP 503" if fault.kind == "unavailable" else "connection closed by the server"
+    assert all(reason in line for line in retries)
+    assert lines[-1].startswith("ragkit: error: " + said), lines[-1]
+    if fault.kind == "close":
+        assert "closed the connection without answering" in lines[-1]
+    assert "re-run to resume" not in lines[-1]
+
+
+def test_an_unreachable_server_is_named_as_such_for_a_query(tmp_path, openai_server):
+    import socket
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("Copper lanterns hang by the harbor bridge.")
+    ragkit.index(docs, settings(tmp_path, openai_server, "default"))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _ragkit(
+        "search",
+        "copper lanterns",
+        cwd=tmp_path,
+        env={"OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1", "OPENAI_API_KEY": "test"},
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"ragkit: error: query embedding failed: cannot reach the server at"
+            f" http://127.0.0.1:{port} (ConnectError)"
+        )
+    )
+
+
 def test_azure_settings_route_through_the_azure_client(tmp_path, corpus, openai_server):
     endpoint = openai_server.base_url.removesuffix("/v1")
     env = {

@@ -42,7 +42,13 @@ from numpy.typing import NDArray
 from ragkit.embedders.pacing import Pacer, Stopped, backoff, retry_after
 from ragkit.embedders.tokens import count_tokens, split_text
 from ragkit.errors import EmbeddingError, RagkitError
-from ragkit.openai_client import check_credentials, error_code, explain, make_client
+from ragkit.openai_client import (
+    CONNECT_FAILURES,
+    check_credentials,
+    error_code,
+    explain,
+    make_client,
+)
 
 if TYPE_CHECKING:
     import openai
@@ -78,7 +84,6 @@ DEFAULT_MAX_RETRIES = 8
 DEFAULT_RETRY_DELAY = 0.5  # seconds before the first retry; doubles with each one
 DEFAULT_MAX_RETRY_DELAY = 30.0
 _RETRY_STATUSES = frozenset({408, 409, 429})
-_CONNECT_FAILURES = ("ConnectError", "ConnectTimeout")  # httpx's names for "never got through"
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,11 @@ class OpenAIEmbedder:
         retry_delay: float | None = None,
         max_retry_delay: float | None = None,
         count_only: bool = False,
+        purpose: str = "embedding",
     ) -> None:
+        """``purpose`` names the work in messages; "query embedding" (a question someone waits
+        for) also logs each retry as a warning, so the wait is visible."""
+        self.purpose = purpose
         self.model = model
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max(0, int(max_retries))
@@ -357,7 +366,7 @@ class OpenAIEmbedder:
                 if exc.status_code == 429:
                     self._count(rate_limited=1)
                 if not _retryable(exc):
-                    raise explain(exc, what="embedding") from exc
+                    raise explain(exc, what=self.purpose) from exc
                 limit = self._pacer.token_limit
                 if exc.status_code == 429 and limit is not None and tokens > limit:
                     if len(work) > 1:
@@ -372,19 +381,19 @@ class OpenAIEmbedder:
                 error = exc
             except openai.APIConnectionError as exc:
                 cause = type(exc.__cause__).__name__ if exc.__cause__ else ""
-                if not self._reached and cause in _CONNECT_FAILURES:
+                if not self._reached and cause in CONNECT_FAILURES:
                     # Nothing has ever answered: a wrong URL or no network, not a blip.
-                    raise explain(exc, what="embedding") from exc
+                    raise explain(exc, what=self.purpose) from exc
                 error = exc
             except _Garbled as exc:
                 error = exc
             attempt += 1
             if attempt > self.max_retries:
                 if isinstance(error, openai.OpenAIError):
-                    raise explain(error, what="embedding") from error
+                    raise explain(error, what=self.purpose) from error
+                again = "re-run to resume" if self.purpose == "embedding" else "try again"
                 raise EmbeddingError(
-                    f"embedding failed: {error} (after {self.max_retries} retries);"
-                    " re-run to resume"
+                    f"{self.purpose} failed: {error} (after {self.max_retries} retries); {again}"
                 ) from error
             delay = (
                 wait_for
@@ -392,8 +401,10 @@ class OpenAIEmbedder:
                 else backoff(attempt, self.retry_delay, self.max_retry_delay)
             )
             self._count(retries=1)
-            log.info(
-                "embedding request failed (%s); retry %d of %d in %.2f s%s",
+            log.log(
+                logging.INFO if self.purpose == "embedding" else logging.WARNING,
+                "%s request failed (%s); retrying (%d of %d) in %.2f s%s",
+                self.purpose,
                 _describe(error),
                 attempt,
                 self.max_retries,
@@ -462,7 +473,15 @@ def _retryable(exc: openai.APIStatusError) -> bool:
 
 
 def _describe(error: Exception) -> str:
+    """What went wrong, in a few words: "HTTP 503", "connection closed by the server", …"""
     status = getattr(error, "status_code", None)
     if status is not None:
         return f"HTTP {status}"
-    return type(error).__name__
+    if type(error).__name__ == "APITimeoutError":
+        return "timed out"
+    cause = type(error.__cause__).__name__ if error.__cause__ is not None else None
+    if cause in CONNECT_FAILURES:
+        return f"cannot connect: {cause}"
+    if cause is not None:
+        return f"connection closed by the server: {cause}"
+    return str(error) or type(error).__name__
