@@ -76,6 +76,7 @@ class Answer:
     hits: tuple[Hit, ...] = ()
     finish_reason: str | None = None  # the chat model's; "length" means the answer was cut
     usage: dict[str, int] = field(default_factory=dict)
+    sources_dropped: int = 0  # retrieved sources left out to fit the model's context window
 
     @property
     def complete(self) -> bool:

@@ -9,6 +9,7 @@ checks (and repairs) the index's files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,10 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ragkit.answerer import DEFAULT_ABSTAIN_BELOW, Answer, extractive_answer, llm_answer
+from ragkit.answerer import (
+    DEFAULT_ABSTAIN_BELOW,
+    Answer,
+    abstention,
+    extractive_answer,
+    llm_answer,
+    should_abstain,
+)
 from ragkit.chat import ChatModel, OpenAIChatModel
 from ragkit.chunking import chunk_document
 from ragkit.config import Overrides, Settings
+from ragkit.context import context_window, fit_prompt
 from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
 from ragkit.documents import Skipped
 from ragkit.embedders import (
@@ -458,14 +467,33 @@ def ask(
         threshold = DEFAULT_ABSTAIN_BELOW.get(embedder.name, 0.3)
     if not use_llm:
         return extractive_answer(question, hits, embedder, abstain_below=threshold)
-    return llm_answer(
+    if should_abstain(hits, threshold):
+        return abstention(question, "llm", settings.chat_model, hits)
+    window = context_window(settings.chat_model, settings.context_tokens)
+    fitted = fit_prompt(
         question,
         hits,
+        history,
+        model=settings.chat_model,
+        context_tokens=window,
+        answer_tokens=settings.max_tokens,
+    )
+    if fitted.sources_dropped or fitted.turns_dropped:
+        log.info(
+            "left out %d source(s) and %d earlier turn(s) to fit the %d-token context window",
+            fitted.sources_dropped,
+            fitted.turns_dropped,
+            window,
+        )
+    answer = llm_answer(
+        question,
+        fitted.hits,
         chat_model(settings),
         abstain_below=threshold,
         stream=on_text,
-        history=history,
+        history=fitted.history,
     )
+    return dataclasses.replace(answer, sources_dropped=fitted.sources_dropped)
 
 
 def chat_model(settings: Settings) -> ChatModel:

@@ -49,6 +49,9 @@ Config (:class:`ServerConfig`), all plain attributes unless noted
                    ``invalid_api_key``
 ``echo_key``       False; True makes every error message quote the request's key in full
                    (as some proxies do), to test that clients mask it
+``context_window`` None, or a context window (tokens) for every chat model, as a local server
+                   started with a small one has: a prompt over it, or prompt + max_tokens over
+                   it, gets the real API's 400 ``context_length_exceeded``
 ``answer``         None, or a fixed scripted chat answer (still cut by max_tokens / stop)
 ``bogus_marker``   None, or n: generated answers end with " See also [n]." (a citation to a
                    source that does not exist)
@@ -339,6 +342,7 @@ class ServerConfig:
     tpm: int | None = None
     api_keys: set[str] | None = None
     echo_key: bool = False
+    context_window: int | None = None
     answer: str | None = None
     bogus_marker: int | None = None
     max_citations: int = 2
@@ -394,6 +398,7 @@ class ServerConfig:
             tpm=self.tpm,
             api_keys=None if self.api_keys is None else set(self.api_keys),
             echo_key=self.echo_key,
+            context_window=self.context_window,
             answer=self.answer,
             bogus_marker=self.bogus_marker,
             max_citations=self.max_citations,
@@ -1155,17 +1160,27 @@ class _App:
             )
         prompt_tokens = sum(count_tokens(message_text(m.get("content"))) for m in messages)
         ctx.prompt_tokens = prompt_tokens
-        if prompt_tokens > model.context_window:
+        window = self.config.context_window or model.context_window
+        limit = body.get("max_completion_tokens")
+        if limit is None:
+            limit = body.get("max_tokens")
+        if prompt_tokens > window:
             raise _bad(
-                f"This model's maximum context length is {model.context_window} tokens. However, "
+                f"This model's maximum context length is {window} tokens. However, "
                 f"your messages resulted in {prompt_tokens} tokens. Please reduce the length of "
                 "the messages.",
                 "messages",
                 "context_length_exceeded",
             )
-        limit = body.get("max_completion_tokens")
-        if limit is None:
-            limit = body.get("max_tokens")
+        if prompt_tokens + (limit or 0) > window:
+            raise _bad(
+                f"This model's maximum context length is {window} tokens. However, you "
+                f"requested {prompt_tokens + limit} tokens ({prompt_tokens} in the messages, "
+                f"{limit} in the completion). Please reduce the length of the messages or "
+                "completion.",
+                "messages",
+                "context_length_exceeded",
+            )
         headers = self._rate_limit(ctx, model_name, prompt_tokens + (limit or 0))
         stop = body.get("stop")
         stops = [stop] if isinstance(stop, str) else list(stop or [])

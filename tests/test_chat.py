@@ -322,6 +322,81 @@ def test_streamed_pieces_add_up_to_the_checked_text(raw, checked, cuts):
     assert stream.finish() == checked and "".join(shown) == checked
 
 
+def long_sources(tmp_path: Path, kb: ragkit.Settings) -> ragkit.Settings:
+    """An index of six long passages that all match Q_HOURS, about 200 tokens each."""
+    filler = " ".join(f"The shop on street {i} keeps its usual hours." for i in range(18))
+    pages = {
+        f"branch{n}.txt": f"On Sundays branch {n} of the shop closes at {n + 1} pm. {filler}\n"
+        for n in range(6)
+    }
+    ragkit.index(write(tmp_path / "long", pages), kb, index="long")
+    return kb.replace(index="long", k=6, max_tokens=100)
+
+
+def test_the_prompt_is_fitted_to_the_context_window(kb, openai_server, tmp_path):
+    settings = long_sources(tmp_path, kb)
+    openai_server.config.context_window = 1000  # a local server started with a small window
+    # Told nothing, ragkit assumes gpt-4o-mini's 128k: the server refuses, as a real one does.
+    with pytest.raises(ChatError, match="maximum context length is 1000 tokens"):
+        ragkit.ask(Q_HOURS, settings)
+    sent = openai_server.requests_for("chat")[-1]
+    assert sent.status == 400 and len(parse_sources(sent.body["messages"][-1]["content"])) == 6
+
+    answer = ragkit.ask(Q_HOURS, settings, context_tokens=1000)
+    sent = openai_server.requests_for("chat")[-1]
+    shown = len(parse_sources(sent.body["messages"][-1]["content"]))
+    assert sent.status == 200 and 1 <= shown < 6
+    assert sent.prompt_tokens + sent.body["max_tokens"] <= 1000
+    assert answer.sources_dropped == 6 - shown and len(answer.hits) == shown
+    assert answer.citations and not answer.abstained
+
+    env = {**cli_env(kb), "RAGKIT_INDEX": "long", "RAGKIT_K": "6", "RAGKIT_MAX_TOKENS": "100"}
+    result = runner.invoke(app, ["ask", Q_HOURS, "--context-tokens", "1000", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["sources_dropped"] == 6 - shown
+    result = runner.invoke(app, ["ask", Q_HOURS, "--context-tokens", "1000"], env=env)
+    assert result.exit_code == 0 and "source(s) left out" in result.stderr
+
+
+def test_a_window_too_small_for_one_source_says_which_setting(kb, openai_server, tmp_path):
+    settings = long_sources(tmp_path, kb)
+    before = len(openai_server.requests_for("chat"))
+    with pytest.raises(ConfigError, match="raise --context-tokens") as info:
+        ragkit.ask(Q_HOURS, settings, context_tokens=300)
+    assert "\n" not in str(info.value) and "--max-tokens" in str(info.value)
+    assert len(openai_server.requests_for("chat")) == before  # nothing was sent
+
+
+def test_history_gives_way_before_the_best_source(kb, openai_server, tmp_path):
+    settings = long_sources(tmp_path, kb)
+    history = [Turn(f"question {i} about the shop", "An answer. " * 40) for i in range(6)]
+    answer = ragkit.ask(Q_HOURS, settings, context_tokens=700, history=history)
+    messages = openai_server.requests_for("chat")[-1].body["messages"]
+    assert answer.citations and 1 <= len(answer.hits)
+    assert len(messages) < 2 + 2 * len(history)  # older turns were left out
+    assert messages[-2]["content"].startswith("An answer.")  # the newest turn stayed
+
+
+def test_chat_failures_do_not_say_re_run_to_resume(kb, openai_server):
+    openai_server.config.inject(Fault("server_error", endpoint="chat"), times=3)
+    with pytest.raises(ChatError) as info:
+        ragkit.ask(Q_HOURS, kb)
+    assert "HTTP 500" in str(info.value) and "re-run to resume" not in str(info.value)
+
+
+def test_known_context_windows():
+    from ragkit.context import DEFAULT_CONTEXT_TOKENS, context_window, known_window
+
+    assert known_window("gpt-4o-mini-2024-07-18") == 128_000
+    assert known_window("gpt-4.1-nano") == 1_047_576
+    assert known_window("openai/gpt-5") == 400_000
+    assert known_window("gpt-5-chat-latest") == 128_000
+    assert known_window("o3-mini") == 200_000 and known_window("gpt-4") == 8_192
+    assert known_window("llama3.1:8b") is None
+    assert context_window("llama3.1:8b", None) == DEFAULT_CONTEXT_TOKENS == 4096
+    assert context_window("gpt-4o", 9000) == 9000
+
+
 def test_an_answer_citing_no_source_is_flagged(kb, openai_server):
     openai_server.config.answer = "The shop closes at six on Sundays."
     answer = ragkit.ask(Q_HOURS, kb)

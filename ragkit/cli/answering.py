@@ -16,6 +16,7 @@ from ragkit.cli.common import (
     EXIT_UNCITED,
     AsJson,
     ChatModelName,
+    ContextTokens,
     FileType,
     Heading,
     IndexDir,
@@ -57,6 +58,7 @@ def _answer_json(answer: Answer) -> dict[str, Any]:
         "finish_reason": answer.finish_reason,
         "complete": answer.complete,
         "cited": answer.cited,
+        "sources_dropped": answer.sources_dropped,
         "usage": answer.usage,
         "citations": [
             {
@@ -123,6 +125,7 @@ def ask(
     seed: Seed = None,
     stop: Stop = None,
     reasoning_effort: ReasoningEffort = None,
+    context_tokens: ContextTokens = None,
     stream: Stream = True,
     as_json: AsJson = False,
     verbose: Verbose = False,
@@ -157,6 +160,7 @@ def ask(
                 seed=seed,
                 stop=stop,
                 reasoning_effort=reasoning_effort,
+                context_tokens=context_tokens,
             ),
         )
     except ChatError as exc:
@@ -196,6 +200,11 @@ def _print_answer(answer: Answer, *, streamed: str) -> None:
         )
     if not answer.cited:
         _note_uncited()
+    if answer.sources_dropped:
+        err(
+            f"note: {answer.sources_dropped} lower-ranked source(s) left out to fit the chat"
+            " model's context window (--context-tokens)"
+        )
     if answer.citations:
         typer.echo("")
         typer.echo("Sources:")
@@ -237,6 +246,7 @@ def chat(
     seed: Seed = None,
     stop: Stop = None,
     reasoning_effort: ReasoningEffort = None,
+    context_tokens: ContextTokens = None,
     history_tokens: Annotated[
         int | None,
         typer.Option(
@@ -276,6 +286,7 @@ def chat(
             seed=seed,
             stop=stop,
             reasoning_effort=reasoning_effort,
+            context_tokens=context_tokens,
             chat_history_tokens=history_tokens,
         )
     )

@@ -146,6 +146,14 @@ ReasoningEffort = Annotated[
         help="Reasoning models only: minimal, low, medium or high.",
     ),
 ]
+ContextTokens = Annotated[
+    int | None,
+    typer.Option(
+        envvar="RAGKIT_CONTEXT_TOKENS",
+        help="The chat model's context window in tokens; sources that do not fit are left out"
+        " [default: known for OpenAI models, else 4096].",
+    ),
+]
 Stream = Annotated[
     bool, typer.Option("--stream/--no-stream", help="Print the LLM answer as it is generated.")
 ]
