@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ragkit.answerer import (
     DEFAULT_ABSTAIN_BELOW,
     Answer,
@@ -270,18 +272,28 @@ def index(
         removed = sync.removed
         store.remove_documents(removed)
 
-        # 4. Embed every chunk still without a vector, committing batch by batch.
+        # 4. Embed every chunk still without a vector, committing batch by batch. Identical
+        # texts (copies of a file, repeated boilerplate) share a cache key: each is sent once.
         pending = store.pending()
         embedded = tokens = 0
         note("embed", 0, len(pending))
-        texts = [t for _, t, _ in pending]
+        m = store.manifest
+        same_text: dict[str, list[int]] = {}  # cache key -> positions in pending
+        for pos, (_, text, _) in enumerate(pending):
+            key = cache_key(text, embedder=m.embedder, model=m.model, dimension=m.dimension)
+            same_text.setdefault(key, []).append(pos)
+        groups = list(same_text.values())
+        texts = [pending[g[0]][1] for g in groups]
         for positions, vectors, used in embed_batches(
             embedder, texts, max(settings.batch_size * 4, 64)
         ):
+            owners = [groups[int(p)] for p in positions]
             # The provider's own count when it reports one (what is billed), else ours.
-            batch_tokens = used if used is not None else sum(pending[int(p)][2] for p in positions)
-            store.set_vectors([pending[int(p)][0] for p in positions], vectors, batch_tokens)
-            embedded += len(positions)
+            batch_tokens = used if used is not None else sum(pending[g[0]][2] for g in owners)
+            ids = [pending[i][0] for g in owners for i in g]
+            rows = np.repeat(vectors, [len(g) for g in owners], axis=0)
+            store.set_vectors(ids, rows, batch_tokens)
+            embedded += len(ids)
             tokens += batch_tokens
             note("embed", embedded, len(pending))
 
@@ -330,6 +342,7 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         to_embed = reused = tokens = new_chunks = 0
         same: set[str] = set()  # unchanged bytes: a run embeds their chunks still without vectors
+        sent: set[str] = set()  # texts a run would send
         for change in sync.changes(lambda stage, done, total: None):
             if change.kind == "same":
                 same.add(change.path)
@@ -356,15 +369,19 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
                     reused += 1
                 else:
                     to_embed += 1
-                    tokens += piece.tokens
+                    if piece.text not in sent:  # a run sends identical texts once
+                        sent.add(piece.text)
+                        tokens += piece.tokens
             new_chunks += len(pieces)
         if store is not None and same:
             waiting = store.pending()
             where = store.chunks([i for i, _, _ in waiting])
-            for i, _, n in waiting:
+            for i, text, n in waiting:
                 if where[i].path in same:
                     to_embed += 1
-                    tokens += n
+                    if text not in sent:
+                        sent.add(text)
+                        tokens += n
         documents = len(known) - len(sync.gone) + len(sync.added)
         staying = (
             r.chunks for p, r in known.items() if p not in sync.gone and p not in sync.changed

@@ -185,6 +185,33 @@ def test_clean_run_stores_the_server_vectors_and_its_billed_tokens(
     assert report.cost_usd == pytest.approx(billed * 0.02 / 1e6)
 
 
+def test_identical_chunk_texts_in_one_run_are_sent_once(tmp_path, corpus, openai_server):
+    for f in ("doc00.md", "doc01.md"):  # two copies of two files, in other folders
+        for copy in ("copy-a", "copy-b"):
+            (corpus / copy).mkdir(exist_ok=True)
+            (corpus / copy / f).write_bytes((corpus / f).read_bytes())
+    conf = settings(tmp_path, openai_server, "dedup")
+    dry = ragkit.index(corpus, conf, dry_run=True)
+    report = ragkit.index(corpus, conf)
+    sent = [t for r in openai_server.requests_for("embeddings") for t in r.body["input"]]
+    stored = [r[2] for r in snapshot(tmp_path, "dedup").values()]
+    assert len(sent) == len(set(sent)) == len(set(stored)) < len(stored)
+    assert report.chunks_embedded == report.chunks == len(stored)
+    assert (
+        report.tokens_embedded
+        == dry.tokens_embedded
+        == sum(r.prompt_tokens for r in openai_server.requests_for("embeddings"))
+    )
+    status = pipeline.status(index_dir=tmp_path / "indexes", index="dedup")
+    assert status.vectors == status.chunks and status.faiss_agrees
+    by_text: dict[str, set[bytes]] = {}
+    for _path, _ordinal, text, vector in snapshot(tmp_path, "dedup").values():
+        by_text.setdefault(text, set()).add(vector)
+    assert all(len(v) == 1 for v in by_text.values())  # every copy got its text's vector
+    copies = {p for p, *_ in snapshot(tmp_path, "dedup").values() if p.endswith("doc00.md")}
+    assert copies == {"doc00.md", "copy-a/doc00.md", "copy-b/doc00.md"}
+
+
 # --------------------------------------------------------------------------- faults
 
 
