@@ -33,6 +33,8 @@ Handle (:class:`OpenAITestServer`)
 Config (:class:`ServerConfig`), all plain attributes unless noted
 -------------------------------------------------------------------
 ``latency``        seconds added before every response (errors included)
+``token_latency``  seconds added per embedding input token (a server whose time grows with the
+                   work, as a real one's does)
 ``stream_delay``   seconds between SSE events
 ``rpm``, ``tpm``   requests / tokens per minute, or None (no limit). A token bucket per model per
                    kind (capacity = limit, refilled at limit/60 per second, starts full). A
@@ -337,6 +339,7 @@ class ServerConfig:
     """Live, per-test settings of the server; see the module docstring."""
 
     latency: float = 0.0
+    token_latency: float = 0.0
     stream_delay: float = 0.0
     rpm: int | None = None
     tpm: int | None = None
@@ -393,6 +396,7 @@ class ServerConfig:
         """An independent copy without faults."""
         return ServerConfig(
             latency=self.latency,
+            token_latency=self.token_latency,
             stream_delay=self.stream_delay,
             rpm=self.rpm,
             tpm=self.tpm,
@@ -1455,8 +1459,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
         stop = owner.stopping
         try:
-            if config.latency > 0:
-                stop.wait(config.latency)
+            delay = config.latency + config.token_latency * sum(ctx.input_tokens)
+            if delay > 0:
+                stop.wait(delay)
             if reply.fault is not None and reply.fault.kind == "timeout":
                 stop.wait(reply.fault.delay)
             if stop.is_set() or (reply.fault is not None and reply.fault.kind == "close"):

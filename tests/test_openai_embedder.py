@@ -28,6 +28,7 @@ from ragkit.embedders.openai import (
     FIRST_REQUEST_TOKENS,
     INPUT_TOKEN_BUDGET,
     MAX_INPUTS,
+    MAX_PACKED_TOKENS,
     MAX_REQUEST_TOKENS,
     OpenAIEmbedder,
     count_tokens,
@@ -183,6 +184,27 @@ def test_clean_run_stores_the_server_vectors_and_its_billed_tokens(
     assert report.tokens_embedded == billed
     assert pipeline.status(index_dir=tmp_path / "indexes", index="again").tokens_embedded == billed
     assert report.cost_usd == pytest.approx(billed * 0.02 / 1e6)
+
+
+def test_requests_are_bounded_in_tokens_and_in_seconds_of_work(openai_server):
+    """No rate-limit headers (nothing to pace by): requests still stay small enough that each
+    completes, and is committed, within about request_seconds."""
+    openai_server.config.token_latency = 1e-4  # 10,000 tokens per second per request
+    texts = [" ".join(random.Random(i).choice(_VOCABULARY) for _ in range(50)) for i in range(900)]
+    embedder = OpenAIEmbedder(
+        MODEL, base_url=openai_server.base_url, api_key="test", request_seconds=0.5
+    )
+    batches = list(embedder.embed_batches(texts))
+    sent = [sum(r.input_tokens) for r in openai_server.requests_for("embeddings")]
+    total = sum(embedder.count_tokens(texts))
+    assert sum(sent) == total > 40_000 and len(batches) == len(sent)
+    # After the first request has measured the server: about 0.5 s (5,000 tokens) per request.
+    assert max(sent[1:]) <= 2 * 5_000 < total / 4
+    big = OpenAIEmbedder(MODEL, base_url=openai_server.base_url, api_key="t", request_seconds=None)
+    openai_server.reset()
+    big.embed(texts)
+    sent = [sum(r.input_tokens) for r in openai_server.requests_for("embeddings")]
+    assert max(sent) <= MAX_PACKED_TOKENS < total  # the token bound holds without the other
 
 
 def test_identical_chunk_texts_in_one_run_are_sent_once(tmp_path, corpus, openai_server):

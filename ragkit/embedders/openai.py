@@ -1,9 +1,12 @@
 """OpenAI embeddings through the ``openai`` SDK: token-packed, concurrent, paced, retried requests.
 
 - **Packing.** Texts go out in order, as many per request as fit in 2,048 inputs and
-  ``REQUEST_TOKEN_BUDGET`` tokens (the API allows 300,000; the margin absorbs tokenizer
-  differences), and never more than 1/30 of the tokens-per-minute limit once the server has said
-  it, so that the pacer's waits stay short and several requests share the minute.
+  ``max_request_tokens`` (32,000 by default; the API allows 300,000), never more than 1/30 of
+  the tokens-per-minute limit once the server has said it (so the pacer's waits stay short and
+  several requests share the minute), and never more than ``request_seconds`` (5 s) of the
+  server's measured speed. Each request's vectors are committed as it completes, so these bounds
+  are what a kill can throw away: a few seconds of work per request in flight, not most of a
+  folder packed into one huge request (which a provider bills all the same).
 - **Concurrency.** The first request goes alone and small (its headers tell the limits; a wrong
   URL, key or model fails once, not ``concurrency`` times); then up to ``concurrency`` requests
   run at once.
@@ -30,6 +33,7 @@ import binascii
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -69,7 +73,10 @@ PRICE_PER_MILLION_TOKENS = {
 MAX_INPUTS = 2048  # inputs per request (API limit)
 MAX_REQUEST_TOKENS = 300_000  # tokens per request (API limit)
 MAX_INPUT_TOKENS = 8191  # tokens per input (API limit)
-REQUEST_TOKEN_BUDGET = 270_000  # what ragkit packs into one request
+REQUEST_TOKEN_BUDGET = 270_000  # the most ragkit ever packs into one request
+MAX_PACKED_TOKENS = 32_000  # default max_request_tokens
+REQUEST_SECONDS = 5.0  # default request_seconds: work per request, at the server's measured speed
+MIN_PACKED_TOKENS = 2_000  # the speed bound never packs less than this
 INPUT_TOKEN_BUDGET = 8_000  # longest piece ragkit sends; re-tokenising a split piece can add a few
 
 # The first request goes alone and small: its headers tell the limits, and a wrong URL, key or
@@ -137,10 +144,15 @@ class OpenAIEmbedder:
         max_retry_delay: float | None = None,
         count_only: bool = False,
         purpose: str = "embedding",
+        max_request_tokens: int = MAX_PACKED_TOKENS,
+        request_seconds: float | None = REQUEST_SECONDS,
     ) -> None:
         """``purpose`` names the work in messages; "query embedding" (a question someone waits
         for) also logs each retry as a warning, so the wait is visible."""
         self.purpose = purpose
+        self.max_request_tokens = max(1, min(int(max_request_tokens), REQUEST_TOKEN_BUDGET))
+        self.request_seconds = request_seconds
+        self._speed: float | None = None  # tokens per second one request gets, smoothed
         self.model = model
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max(0, int(max_retries))
@@ -322,11 +334,26 @@ class OpenAIEmbedder:
 
     def _request_budget(self) -> int:
         if not self._reached:
-            return FIRST_REQUEST_TOKENS
+            return min(FIRST_REQUEST_TOKENS, self.max_request_tokens)
+        budget = self.max_request_tokens
         limit = self._pacer.token_limit
-        if limit is None:
-            return REQUEST_TOKEN_BUDGET
-        return max(1, min(REQUEST_TOKEN_BUDGET, limit // REQUESTS_PER_MINUTE_OF_TOKENS))
+        if limit is not None:
+            budget = min(budget, max(1, limit // REQUESTS_PER_MINUTE_OF_TOKENS))
+        with self._lock:
+            speed = self._speed
+        if speed is not None and self.request_seconds is not None:
+            # Requests that take about request_seconds each: progress is committed that often.
+            # (From small requests this grows: their time is mostly latency, so each measured
+            # speed allows a bigger next request, until one takes request_seconds.)
+            budget = min(budget, max(MIN_PACKED_TOKENS, int(speed * self.request_seconds)))
+        return budget
+
+    def _observe_speed(self, tokens: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with self._lock:
+            speed = tokens / seconds
+            self._speed = speed if self._speed is None else 0.5 * (self._speed + speed)
 
     def _take(self, queue: deque[int], pieces: Sequence[_Piece]) -> list[int]:
         budget = self._request_budget()
@@ -352,9 +379,11 @@ class OpenAIEmbedder:
             shared = False
             error: Exception
             try:
+                started = time.monotonic()
                 raw = self.client.embeddings.with_raw_response.create(
                     model=self._request_model, input=texts, encoding_format="base64"
                 )
+                self._observe_speed(tokens, time.monotonic() - started)
                 self._pacer.observe(raw.headers, ticket)  # before more workers start on _reached
                 self._reached = True
                 return self._parse(raw.content, len(texts), tokens)
