@@ -71,12 +71,10 @@ def check_citations(text: str, sources: int) -> tuple[str, list[int]]:
 
 def _stable_end(raw: str) -> int:
     """Where the part of ``raw`` that no later text can change ends."""
-    cut = len(raw.rstrip())
-    if cut < len(raw) and cut > 0:
-        pass  # trailing whitespace waits: what follows decides whether it stays
-    elif cut == len(raw):
-        # The last word may be incomplete ("Se" of "See also").
-        cut = len(re.sub(r"\S+$", "", raw).rstrip())
+    # Trailing whitespace waits (what follows decides whether it stays), and so does a last word
+    # that may be incomplete ("Se" of "See also").
+    complete = raw if raw[-1:].isspace() else re.sub(r"\S+$", "", raw)
+    cut = len(complete.rstrip())
     tail = _TAIL.search(raw, 0, cut)
     if tail is not None and tail.start() < cut:
         cut = len(raw[: tail.start()].rstrip())
