@@ -280,13 +280,18 @@ def test_citations_to_missing_sources_are_removed(kb, openai_server):
 @pytest.mark.parametrize("command", ["ask", "chat"])
 def test_cli_streams_the_answer_once_without_invalid_markers(kb, openai_server, command):
     openai_server.config.bogus_marker = 99
-    expected = ragkit.ask(Q_HOURS, kb).text
+    answer = ragkit.ask(Q_HOURS, kb)
+    expected = answer.text
     args, stdin = (["ask", Q_HOURS], None) if command == "ask" else (["chat"], f"{Q_HOURS}\n")
     result = runner.invoke(app, args, input=stdin, env=cli_env(kb))
     assert result.exit_code == 0, result.output
     head = f"> {Q_HOURS}\n" if command == "chat" else ""
-    sources = "\n\nSources:\n[1] hours.txt (lines 1–2)\n"
-    assert result.stdout.startswith(head + expected + sources)
+    sources = "".join(
+        f"[{c.n}] {c.location}\n    \u201c{c.quote}\u201d\n" for c in answer.citations
+    )
+    tail = "\n" if command == "chat" else ""
+    assert result.stdout == f"{head}{expected}\n\nSources:\n{sources}{tail}"
+    assert answer.citations[0].location == "hours.txt (lines 1–2)"
     assert result.stdout.count(expected) == 1 and "[99]" not in result.stdout
     assert "See also" not in result.stdout and "Checked answer" not in result.stdout
 
