@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragkit import pipeline
-from ragkit.config import Settings
+from ragkit.config import Overrides, Settings
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from ragkit.answerer import Answer
     from ragkit.conversation import Turn
     from ragkit.pipeline import IndexReport, Progress
@@ -45,7 +47,7 @@ def _pool(size: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _resolve(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+def _resolve(settings: Settings | None, overrides: Overrides) -> Settings:
     return Settings.load(**overrides) if settings is None else settings.replace(**overrides)
 
 
@@ -61,14 +63,16 @@ async def aask(
     *,
     on_text: Callable[[str], None] | None = None,
     history: Sequence[Turn] = (),
-    **overrides: Any,
+    **overrides: Unpack[Overrides],
 ) -> Answer:
     """``ask`` without blocking the event loop; ``on_text`` is called from the worker thread."""
     resolved = _resolve(settings, overrides)
     return await _run(resolved, pipeline.ask, question, on_text=on_text, history=history)
 
 
-async def asearch(query: str, settings: Settings | None = None, **overrides: Any) -> list[Hit]:
+async def asearch(
+    query: str, settings: Settings | None = None, **overrides: Unpack[Overrides]
+) -> list[Hit]:
     """``search`` without blocking the event loop."""
     resolved = _resolve(settings, overrides)
     return await _run(resolved, pipeline.search, query)
@@ -76,11 +80,12 @@ async def asearch(query: str, settings: Settings | None = None, **overrides: Any
 
 async def aindex(
     path: str | Path,
+    /,
     settings: Settings | None = None,
     *,
     progress: Progress | None = None,
     wait: bool = False,
-    **overrides: Any,
+    **overrides: Unpack[Overrides],
 ) -> IndexReport:
     """``index`` without blocking the event loop; ``progress`` is called from the worker thread."""
     resolved = _resolve(settings, overrides)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ragkit.chat import ChatModel, ChatResult, Message
+from ragkit.citations import CitationStream, check_citations
 from ragkit.conversation import Turn, history_messages
 from ragkit.embedders import Embedder
 from ragkit.retriever import Hit
@@ -77,11 +78,17 @@ class Answer:
     hits: tuple[Hit, ...] = ()
     finish_reason: str | None = None  # the chat model's; "length" means the answer was cut
     usage: dict[str, int] = field(default_factory=dict)
+    sources_dropped: int = 0  # retrieved sources left out to fit the model's context window
 
     @property
     def complete(self) -> bool:
         """False when the chat model stopped early (token limit), so the text is partial."""
         return self.finish_reason in (None, "stop")
+
+    @property
+    def cited(self) -> bool:
+        """False for an answer that cites none of the sources it was given (nothing backs it)."""
+        return self.abstained or not self.hits or bool(self.citations)
 
 
 def should_abstain(hits: Sequence[Hit], threshold: float) -> bool:
@@ -169,9 +176,6 @@ def _citation(n: int, hit: Hit, quote: str) -> Citation:
 
 # -- LLM ---------------------------------------------------------------------------------------
 
-_MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
-
-
 # A tag that could open or close a source block, in any case or spacing; its "<" is escaped so
 # text inside a document can never end its own block or start a fake one.
 _SOURCE_TAG = re.compile(r"<(?=\s*/?\s*source\b)", re.IGNORECASE)
@@ -210,20 +214,8 @@ def build_messages(
 
 
 def validate_citations(text: str, hits: Sequence[Hit]) -> tuple[str, tuple[Citation, ...]]:
-    """Drop markers that name no source; return the cleaned text and the cited sources in order."""
-    cited: list[int] = []
-
-    def keep(match: re.Match[str]) -> str:
-        numbers = [int(x) for x in re.split(r"\s*,\s*", match.group(1))]
-        valid = [x for x in numbers if 1 <= x <= len(hits)]
-        for x in valid:
-            if x not in cited:
-                cited.append(x)
-        return "".join(f"[{x}]" for x in valid)
-
-    cleaned = _MARKER.sub(keep, text)
-    cleaned = re.sub(r"[ \t]+([.,;:!?])", r"\1", cleaned)  # space left before punctuation
-    cleaned = re.sub(r"[ \t]{2,}", " ", cleaned).strip()
+    """Drop markers that name no source (and their lead-ins); return the text and cited sources."""
+    cleaned, cited = check_citations(text, len(hits))
     citations = tuple(_citation(n, hits[n - 1], _quote(hits[n - 1].text)) for n in sorted(cited))
     return cleaned, citations
 
@@ -250,7 +242,14 @@ def llm_answer(
     if should_abstain(hits, abstain_below):
         return abstention(question, "llm", chat.model, hits)
     messages = build_messages(question, hits, history=history)
-    result: ChatResult = chat.stream(messages, stream) if stream else chat.complete(messages)
+    result: ChatResult
+    if stream:
+        # Only checked text reaches the caller: a marker naming no source is never shown.
+        checked = CitationStream(len(hits), stream)
+        result = chat.stream(messages, checked)
+        checked.finish()
+    else:
+        result = chat.complete(messages)
     text, citations = validate_citations(result.text, hits)
     # An empty answer cut by the token limit (a reasoning model can spend it all thinking) is an
     # incomplete answer, not an abstention.

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from ragkit.errors import ConfigError
 
@@ -29,6 +29,60 @@ _FALLBACK_ENV = {
     "azure_api_key": "AZURE_OPENAI_API_KEY",
     "azure_api_version": "OPENAI_API_VERSION",
 }
+
+
+class Overrides(TypedDict, total=False):
+    """Settings as keyword arguments (``ragkit.search(q, k=3)``): a misspelt name is a type error.
+
+    One entry per :class:`Settings` field, same name and type, ``None`` meaning "not given"; a
+    test keeps the two in step.
+    """
+
+    index: str | None
+    index_dir: Path | str | None
+    embedder: str | None
+    k: int | None
+    min_score: float | None
+    mode: str | None
+    mmr: bool | None
+    mmr_lambda: float | None
+    path: str | None
+    file_type: str | None
+    modified_after: str | None
+    modified_before: str | None
+    heading: str | None
+    abstain_below: float | None
+    chunk_tokens: int | None
+    chunk_overlap: int | None
+    max_file_mb: float | None
+    max_chars_per_file: int | None
+    max_chars_per_page: int | None
+    max_seconds_per_file: float | None
+    follow_symlinks: bool | None
+    include: tuple[str, ...] | None
+    exclude: tuple[str, ...] | None
+    skip_generated: bool | None
+    llm: bool | None
+    chat_model: str | None
+    context_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+    seed: int | None
+    stop: tuple[str, ...] | None
+    reasoning_effort: str | None
+    chat_history_tokens: int | None
+    max_concurrency: int | None
+    openai_api_key: str | None
+    openai_base_url: str | None
+    openai_concurrency: int | None
+    openai_timeout: float | None
+    openai_max_retries: int | None
+    azure_endpoint: str | None
+    azure_api_key: str | None
+    azure_api_version: str | None
+    azure_deployment: str | None
+    batch_size: int | None
 
 
 @dataclass(frozen=True)
@@ -67,6 +121,9 @@ class Settings:
     skip_generated: bool = True  # leave out minified/generated assets and Sphinx _sources/
     llm: bool | None = None  # None = use the chat model when OpenAI is configured
     chat_model: str = DEFAULT_CHAT_MODEL
+    # Tokens the chat model can take in (prompt + answer); None = known for OpenAI's families,
+    # else a conservative 8,192 (see ragkit/context.py). Sources that do not fit are left out.
+    context_tokens: int | None = None
     # Chat request parameters; None leaves each to ragkit's choice for the model family
     # (temperature 0 for classic models; reasoning models get no sampling parameters at all).
     temperature: float | None = None
@@ -106,12 +163,17 @@ class Settings:
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        # Every Settings is checked, however it was made: load(), replace() or the constructor.
+        self.validate()
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with some settings changed (None leaves a setting as it is)."""
+        """A copy with some settings changed (None leaves a setting as it is), checked again."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @property
@@ -128,7 +190,7 @@ class Settings:
         """Refuse settings that cannot work, with a message naming the fix."""
         if self.k < 1:
             raise ConfigError(f"k must be at least 1 (got {self.k}); pass -k 5 or similar")
-        if not self.index or "/" in self.index or self.index.startswith("."):
+        if not self.index or "/" in self.index or "\\" in self.index or self.index.startswith("."):
             raise ConfigError(
                 f"bad index name {self.index!r}: use a plain name such as 'docs'"
                 " (use --index-dir to choose the folder)"
@@ -172,6 +234,11 @@ class Settings:
         if self.chat_history_tokens < 0:
             raise ConfigError(
                 f"chat_history_tokens must be 0 or more (got {self.chat_history_tokens})"
+            )
+        if self.context_tokens is not None and self.context_tokens < 256:
+            raise ConfigError(
+                f"context_tokens must be at least 256 (got {self.context_tokens}); it is the"
+                " chat model's context window, e.g. 8192"
             )
         if self.max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1 (got {self.max_concurrency})")

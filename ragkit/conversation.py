@@ -30,7 +30,7 @@ class Turn:
 
 def count_tokens(text: str) -> int:
     """Tokens in ``text``: tiktoken's cl100k_base when it loads, else UTF-8 bytes (never fewer)."""
-    from ragkit.embedders.openai import count_tokens as count_batch
+    from ragkit.embedders.tokens import count_tokens as count_batch
 
     return count_batch([text])[0]
 

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragkit import pipeline
-from ragkit.config import Settings
+from ragkit.config import Overrides, Settings
 from ragkit.errors import ConfigError
 from ragkit.retriever import check_query
 from ragkit.store import Store
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from ragkit.answerer import Answer
     from ragkit.chat import ChatModel
     from ragkit.conversation import Turn
@@ -61,7 +63,7 @@ class Index:
         self._chat: ChatModel | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
-        store, embedder = pipeline.open_index(settings)
+        store, embedder = pipeline.open_index(settings, query=True)
         self._embedder: Embedder = embedder
         self._stores.append(store)
         # Loaded by the first query that ranks by vector (keyword search needs none), checked
@@ -100,7 +102,7 @@ class Index:
 
     # -- queries -----------------------------------------------------------------------------
 
-    def search(self, query: str, **overrides: Any) -> list[Hit]:
+    def search(self, query: str, **overrides: Unpack[Overrides]) -> list[Hit]:
         """The passages that best match ``query``, best first (``ragkit.search`` on this index).
 
         ``overrides`` change settings for this call only: ``k``, ``mode``, filters, ``mmr``...
@@ -117,7 +119,7 @@ class Index:
         *,
         on_text: Callable[[str], None] | None = None,
         history: Sequence[Turn] = (),
-        **overrides: Any,
+        **overrides: Unpack[Overrides],
     ) -> Answer:
         """Answer ``question`` with numbered citations (``ragkit.ask`` on this index)."""
         settings = self._settings(overrides)
@@ -134,7 +136,7 @@ class Index:
             history=history,
         )
 
-    async def asearch(self, query: str, **overrides: Any) -> list[Hit]:
+    async def asearch(self, query: str, **overrides: Unpack[Overrides]) -> list[Hit]:
         """``search`` without blocking the event loop; ``max_concurrency`` calls run at once."""
         return await self._run(functools.partial(self.search, query, **overrides))
 
@@ -144,7 +146,7 @@ class Index:
         *,
         on_text: Callable[[str], None] | None = None,
         history: Sequence[Turn] = (),
-        **overrides: Any,
+        **overrides: Unpack[Overrides],
     ) -> Answer:
         """``ask`` without blocking the event loop; ``on_text`` is called from a worker thread."""
         call = functools.partial(self.ask, question, on_text=on_text, history=history, **overrides)
@@ -172,7 +174,7 @@ class Index:
         if self._closed:
             raise ValueError("this Index is closed: open another with ragkit.open()")
 
-    def _settings(self, overrides: dict[str, Any]) -> Settings:
+    def _settings(self, overrides: Overrides) -> Settings:
         fixed = [name for name in _FIXED if overrides.get(name) is not None]
         if fixed:
             raise ConfigError(
@@ -181,9 +183,7 @@ class Index:
             )
         if not overrides:
             return self.settings
-        settings = self.settings.replace(**overrides)
-        settings.validate()
-        return settings
+        return self.settings.replace(**overrides)  # checked, as every Settings is
 
     def _store(self, *, dense: bool = True) -> Store:
         """This thread's connection, after catching up with what other processes committed;
@@ -231,12 +231,11 @@ class Index:
         return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
-def open(settings: Settings | None = None, **overrides: Any) -> Index:  # noqa: A001
+def open(settings: Settings | None = None, **overrides: Unpack[Overrides]) -> Index:  # noqa: A001
     """Open an index for many queries: ``with ragkit.open(index="docs") as idx: idx.search(q)``.
 
     Settings are the keyword arguments of the module-level verbs (``index``, ``index_dir``,
     ``k``, ``mode``...); those given here are the defaults of every call on the Index.
     """
-    resolved = pipeline._settings(settings, overrides)
-    resolved.validate()  # a Settings object plus overrides is checked like keyword arguments
-    return Index(resolved)
+    # A Settings object plus overrides is checked like keyword arguments (Settings.__post_init__).
+    return Index(pipeline._settings(settings, overrides))

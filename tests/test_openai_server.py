@@ -138,20 +138,28 @@ def test_vectors_are_identical_in_another_process() -> None:
     assert out == here
 
 
+def one_token_unit() -> str:
+    """A character that counts as exactly one token in the server's counter, whichever it is."""
+    return "é" if tokenizer_name() == "cl100k_base" else "b"
+
+
 def test_embedding_limits_are_enforced_like_openai(openai_server) -> None:
     c = client(openai_server)
+    # One token per character in either counter ("é" in cl100k_base, "b" as a UTF-8 byte).
+    unit = one_token_unit()
+    assert count_tokens(unit * 100) == 100
     # At the limits: accepted.
     ok = c.embeddings.create(model=SMALL, input=["w"] * 2048, dimensions=4)
     assert len(ok.data) == 2048
-    c.embeddings.create(model=SMALL, input="a" * 8192, dimensions=4)
+    c.embeddings.create(model=SMALL, input=unit * 8192, dimensions=4)
     # Over the limits: 400s shaped like the real API's.
     with pytest.raises(openai.BadRequestError, match=r"'\$\.input' is invalid"):
         c.embeddings.create(model=SMALL, input=["w"] * 2049)
     with pytest.raises(openai.BadRequestError, match="maximum context length is 8192") as err:
-        c.embeddings.create(model=SMALL, input=["ok", "a" * 8193])
+        c.embeddings.create(model=SMALL, input=["ok", unit * 8193])
     assert err.value.type == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as err:
-        c.embeddings.create(model=SMALL, input=["b" * 8000] * 38)
+        c.embeddings.create(model=SMALL, input=[unit * 8000] * 38)
     assert err.value.code == "max_tokens_per_request"
     assert "Requested 304000 tokens, max 300000 tokens per request" in err.value.message
     with pytest.raises(openai.BadRequestError, match=r"'\$\.input' is invalid"):
@@ -164,7 +172,7 @@ def test_embedding_limits_are_enforced_like_openai(openai_server) -> None:
         c.embeddings.create(model=SMALL, input="x", extra_body={"bogus": 1})
     rejected = [r for r in openai_server.requests if r.rejected]
     assert len(rejected) == 7 and all(r.status == 400 for r in rejected)
-    assert rejected[1].input_tokens == (2, 8193)
+    assert rejected[1].input_tokens == (count_tokens("ok"), 8193)
 
 
 def test_unknown_models_are_404_model_not_found(openai_server) -> None:
@@ -252,15 +260,16 @@ def test_plain_and_stream_give_the_same_content_and_usage(openai_server) -> None
 def test_max_tokens_and_stop_cut_the_answer(openai_server) -> None:
     c = client(openai_server)
     full = c.chat.completions.create(model="gpt-4o-mini", messages=ask(SOURCES_PROMPT))
+    limit = count_tokens(full.choices[0].message.content) // 2  # half the answer, any counter
     cut = c.chat.completions.create(
-        model="gpt-4o-mini", messages=ask(SOURCES_PROMPT), max_tokens=12
+        model="gpt-4o-mini", messages=ask(SOURCES_PROMPT), max_tokens=limit
     )
     assert cut.choices[0].finish_reason == "length"
     assert full.choices[0].message.content.startswith(cut.choices[0].message.content)
-    assert 0 < cut.usage.completion_tokens <= 12
+    assert 0 < cut.usage.completion_tokens <= limit
     chunks = list(
         c.chat.completions.create(
-            model="o3-mini", messages=ask(SOURCES_PROMPT), max_completion_tokens=12, stream=True
+            model="o3-mini", messages=ask(SOURCES_PROMPT), max_completion_tokens=limit, stream=True
         )
     )
     assert chunks[-1].choices[0].finish_reason == "length"
@@ -488,16 +497,17 @@ def test_rpm_limit_gives_429_with_retry_after(openai_server) -> None:
 def test_tpm_limit_refills_after_retry_after(openai_server) -> None:
     openai_server.config.tpm = 600  # 10 tokens per second
     c = client(openai_server)
-    c.embeddings.create(model=SMALL, input="a" * 595)
+    unit = one_token_unit()
+    c.embeddings.create(model=SMALL, input=unit * 595)
     with pytest.raises(openai.RateLimitError) as err:
-        c.embeddings.create(model=SMALL, input="b" * 15)
+        c.embeddings.create(model=SMALL, input=unit * 15)
     assert err.value.type == "tokens"
     wait_ms = int(err.value.response.headers["retry-after-ms"])
     assert 0 < wait_ms <= 1000
     threading.Event().wait(wait_ms / 1000)
-    c.embeddings.create(model=SMALL, input="b" * 15)
+    c.embeddings.create(model=SMALL, input=unit * 15)
     with pytest.raises(openai.RateLimitError, match="Request too large"):
-        c.embeddings.create(model=SMALL, input="c" * 601)
+        c.embeddings.create(model=SMALL, input=unit * 601)
 
 
 def test_rate_limiter_token_bucket_arithmetic() -> None:
@@ -537,7 +547,8 @@ def test_request_log_records_what_was_sent(openai_server) -> None:
     ok, bad = openai_server.requests
     assert ok.path == "/v1/embeddings" and ok.method == "POST" and ok.endpoint == "embeddings"
     assert ok.body["input"] == ["one two", "three"] and ok.inputs == 2
-    assert ok.input_tokens == (7, 5) and ok.prompt_tokens == 12
+    counts = (count_tokens("one two"), count_tokens("three"))
+    assert ok.input_tokens == counts and ok.prompt_tokens == sum(counts) > 0
     assert ok.headers["authorization"] == "Bearer test"
     assert not ok.rejected and ok.reason is None
     assert bad.rejected and bad.status == 400 and "input" in bad.error["message"]
@@ -604,7 +615,7 @@ def test_standalone_server_prints_its_url_and_stops_on_sigterm() -> None:
         c = openai.OpenAI(base_url=url, api_key="test", max_retries=0)
         raw = c.embeddings.with_raw_response.create(model=SMALL, input="hello")
         assert raw.headers["x-ratelimit-limit-tokens"] == "1000000"
-        assert json.loads(raw.text)["usage"]["prompt_tokens"] == 5
+        assert json.loads(raw.text)["usage"]["prompt_tokens"] == count_tokens("hello")
         proc.terminate()
         assert proc.wait(timeout=10) == 0
     finally:

@@ -12,7 +12,7 @@ import pytest
 import ragkit
 from ragkit.errors import ConfigError, QueryError
 from ragkit.filters import Filters, make_filters, parse_file_types
-from ragkit.retriever import mmr, rrf
+from ragkit.retriever import check_mode, mmr, rrf
 from ragkit.store import Store, fts_match
 from tests import fakes  # noqa: F401  (registers the "bow" embedder)
 from tests.test_pipeline import PAGES, write
@@ -160,7 +160,9 @@ def test_hybrid_is_the_default_mode(settings, docs):
 
 def test_unknown_mode_is_refused(settings, docs):
     with pytest.raises(QueryError, match="dense, keyword, hybrid"):
-        ragkit.search("helmet", settings.replace(mode="fuzzy"))
+        check_mode("fuzzy")  # the retriever's own check, for callers that skip Settings
+    with pytest.raises(ConfigError, match="unknown mode"):
+        ragkit.search("helmet", settings.replace(mode="fuzzy"))  # Settings are always checked
     with pytest.raises(ConfigError, match="unknown mode"):
         ragkit.Settings.load(environ={"RAGKIT_MODE": "fuzzy"})
 

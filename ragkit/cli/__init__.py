@@ -8,8 +8,9 @@ An answer is never passed off as complete when it is not. When the model stops a
 limit (finish_reason "length") the partial answer is printed, a note goes to stderr, ``--json``
 has ``"complete": false`` and ``ask`` exits 4, so scripts can tell without parsing. When a
 streamed answer is cut (connection lost, stream ended early), the text already shown is followed
-by ``[answer cut off: ...]`` on stderr and exit code 1. ``chat`` keeps going after a failed turn
-and exits 1 at the end if any turn failed.
+by ``[answer cut off: ...]`` on stderr and exit code 1. An LLM answer that cites none of the
+sources it was given gets a note on stderr, ``"cited": false`` and exit code 6. ``chat`` keeps
+going after a failed turn and exits 1 at the end if any turn failed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ragkit.cli.common import (
     EXIT_ERROR,
     EXIT_FILES_FAILED,
     EXIT_INCOMPLETE,
+    EXIT_UNCITED,
     EXIT_UNHEALTHY,
     app,
     err,
@@ -39,6 +41,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_FILES_FAILED",
     "EXIT_INCOMPLETE",
+    "EXIT_UNCITED",
     "EXIT_UNHEALTHY",
     "app",
     "main",

@@ -13,8 +13,10 @@ from ragkit.cli.common import (
     EXIT_ABSTAINED,
     EXIT_ERROR,
     EXIT_INCOMPLETE,
+    EXIT_UNCITED,
     AsJson,
     ChatModelName,
+    ContextTokens,
     FileType,
     Heading,
     IndexDir,
@@ -55,6 +57,8 @@ def _answer_json(answer: Answer) -> dict[str, Any]:
         "abstained": answer.abstained,
         "finish_reason": answer.finish_reason,
         "complete": answer.complete,
+        "cited": answer.cited,
+        "sources_dropped": answer.sources_dropped,
         "usage": answer.usage,
         "citations": [
             {
@@ -78,7 +82,7 @@ def _answer_settings(**values: Any) -> dict[str, Any]:
 
 
 class _Printer:
-    """Writes streamed answer text to stdout as it arrives and remembers it."""
+    """Writes streamed answer text (already citation-checked) to stdout as it arrives."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
@@ -122,6 +126,7 @@ def ask(
     seed: Seed = None,
     stop: Stop = None,
     reasoning_effort: ReasoningEffort = None,
+    context_tokens: ContextTokens = None,
     stream: Stream = True,
     as_json: AsJson = False,
     verbose: Verbose = False,
@@ -156,6 +161,7 @@ def ask(
                 seed=seed,
                 stop=stop,
                 reasoning_effort=reasoning_effort,
+                context_tokens=context_tokens,
             ),
         )
     except ChatError as exc:
@@ -165,6 +171,8 @@ def ask(
         raise typer.Exit(EXIT_ERROR) from None
     if as_json:
         typer.echo(json.dumps(_answer_json(answer), indent=2, ensure_ascii=False))
+        if not answer.cited:
+            _note_uncited()
     else:
         _print_answer(answer, streamed=printer.text)
     if verbose:
@@ -173,15 +181,13 @@ def ask(
         raise typer.Exit(EXIT_ABSTAINED)
     if not answer.complete:
         raise typer.Exit(EXIT_INCOMPLETE)
+    if not answer.cited:
+        raise typer.Exit(EXIT_UNCITED)
 
 
 def _print_answer(answer: Answer, *, streamed: str) -> None:
     if streamed:
-        typer.echo("")
-        if answer.text != streamed.strip():
-            # Citations are checked once the whole answer is in: show what survived the check.
-            typer.echo("\nChecked answer (citations that name no source removed):")
-            typer.echo(answer.text)
+        typer.echo("")  # the answer itself was streamed, already checked
     else:
         if answer.mode == "extractive" and not answer.abstained:
             typer.echo(
@@ -193,12 +199,26 @@ def _print_answer(answer: Answer, *, streamed: str) -> None:
             f"note: the answer is incomplete: the model stopped at its token limit"
             f" (finish_reason={answer.finish_reason}); raise --max-tokens"
         )
+    if not answer.cited:
+        _note_uncited()
+    if answer.sources_dropped:
+        err(
+            f"note: {answer.sources_dropped} lower-ranked source(s) left out to fit the chat"
+            " model's context window (--context-tokens)"
+        )
     if answer.citations:
         typer.echo("")
         typer.echo("Sources:")
         for c in answer.citations:
             typer.echo(f"[{c.n}] {c.location}")
             typer.echo(f"    \u201c{c.quote}\u201d")
+
+
+def _note_uncited() -> None:
+    err(
+        "note: the answer cites none of the sources it was given, so nothing shows it comes"
+        " from your documents; check it against them, or rephrase the question"
+    )
 
 
 def _print_usage(answer: Answer) -> None:
@@ -227,6 +247,7 @@ def chat(
     seed: Seed = None,
     stop: Stop = None,
     reasoning_effort: ReasoningEffort = None,
+    context_tokens: ContextTokens = None,
     history_tokens: Annotated[
         int | None,
         typer.Option(
@@ -266,6 +287,7 @@ def chat(
             seed=seed,
             stop=stop,
             reasoning_effort=reasoning_effort,
+            context_tokens=context_tokens,
             chat_history_tokens=history_tokens,
         )
     )

@@ -23,6 +23,7 @@ EXIT_ABSTAINED = 2
 EXIT_FILES_FAILED = 3
 EXIT_INCOMPLETE = 4
 EXIT_UNHEALTHY = 5
+EXIT_UNCITED = 6  # ask: an LLM answer that cites none of the sources it was given
 
 # Options shared by every command; each has a RAGKIT_* variable of the same name.
 IndexName = Annotated[
@@ -143,6 +144,14 @@ ReasoningEffort = Annotated[
     typer.Option(
         envvar="RAGKIT_REASONING_EFFORT",
         help="Reasoning models only: minimal, low, medium or high.",
+    ),
+]
+ContextTokens = Annotated[
+    int | None,
+    typer.Option(
+        envvar="RAGKIT_CONTEXT_TOKENS",
+        help="The chat model's context window in tokens; sources that do not fit are left out"
+        " [default: known for OpenAI models, else 4096].",
     ),
 ]
 Stream = Annotated[

@@ -39,10 +39,8 @@ class _ProgressPrinter:
         if stage != "embed" or total == 0:
             return
         if self.tty:
-            import click
-
             if self.bar is None:
-                self.bar = click.progressbar(length=total, label="embedding", file=sys.stderr)
+                self.bar = typer.progressbar(length=total, label="embedding", file=sys.stderr)
                 self.bar.__enter__()
             self.bar.update(done - self.last)
             if done >= total:

