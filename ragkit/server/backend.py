@@ -1,0 +1,98 @@
+"""The one index a server holds for its life, and the limits every request is held to.
+
+``Backend`` is what the MCP tools and the HTTP routes call: search, ask, read and status on the
+index the settings name, with per-request overrides (k, mode, filters) validated like any
+setting and k capped at ``max_k``. It is safe to call from many threads at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ragkit import pipeline
+from ragkit.config import Settings
+from ragkit.errors import QueryError
+from ragkit.reading import Passage, read
+from ragkit.store import Store
+
+if TYPE_CHECKING:
+    from ragkit.answerer import Answer
+    from ragkit.pipeline import IndexStatus
+    from ragkit.retriever import Hit
+
+# What a request may change; everything else is the server's own setting.
+REQUEST_SETTINGS = (
+    "k",
+    "mode",
+    "min_score",
+    "mmr",
+    "path",
+    "file_type",
+    "modified_after",
+    "modified_before",
+    "heading",
+)
+
+
+class Backend:
+    """Search, ask, read and status on one index, for a server's lifetime.
+
+    Each call opens the index's SQLite connection in the calling thread (connections never
+    cross threads), so concurrent requests are safe.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        pipeline.status(settings)  # no index: refuse to start, with the command that builds one
+
+    @property
+    def uses_llm(self) -> bool:
+        """True when answers come from a chat model (outside this machine, usually)."""
+        s = self.settings
+        return s.openai_configured if s.llm is None else s.llm
+
+    def close(self) -> None:
+        """Release what the backend holds."""
+
+    def request_settings(self, overrides: dict[str, Any]) -> Settings:
+        """The server's settings with one request's overrides, validated and k capped."""
+        unknown = set(overrides) - set(REQUEST_SETTINGS)
+        if unknown:
+            raise QueryError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        settings = self.settings.replace(**overrides)
+        settings.validate()
+        if settings.k > settings.max_k:
+            raise QueryError(
+                f"k={settings.k} is more than this server allows: ask for at most"
+                f" {settings.max_k} (max_k)"
+            )
+        pipeline.filters(settings)  # bad filter values are the caller's mistake: say so now
+        return settings
+
+    def search(self, query: str, **overrides: Any) -> tuple[Settings, list[Hit]]:
+        """The request's settings and the passages that best match ``query``."""
+        settings = self.request_settings(overrides)
+        return settings, pipeline.search(query, settings)
+
+    def ask(
+        self, question: str, *, on_text: Callable[[str], None] | None = None, **overrides: Any
+    ) -> Answer:
+        """Answer ``question`` from the index; ``on_text`` receives streamed LLM text."""
+        return pipeline.ask(question, self.request_settings(overrides), on_text=on_text)
+
+    def read(
+        self,
+        path: str,
+        *,
+        start_line: int | None = None,
+        end_line: int | None = None,
+        page: int | None = None,
+    ) -> Passage:
+        """A span, or the whole, of an indexed document, from the index alone."""
+        with Store.open(self.settings.index_path) as store:
+            return read(store, path, start_line=start_line, end_line=end_line, page=page)
+
+    def status(self) -> IndexStatus:
+        """The index's location, embedder, contents and health."""
+        return pipeline.status(self.settings)
