@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
 import ragkit.pipeline  # noqa: E402
-import ragkit.store  # noqa: E402
+import ragkit.store.vectors  # noqa: E402
 import ragkit.sync  # noqa: E402
 from ragkit.cli import main  # noqa: E402
 from ragkit.embedders import register_embedder  # noqa: E402
@@ -83,7 +83,7 @@ def _slow_load(*args: Any, **kwargs: Any) -> Any:
 
 ragkit.sync.load_document = _slow_load  # type: ignore[assignment]
 
-_faiss_write = ragkit.store._import_faiss().write_index
+_faiss_write = ragkit.store.vectors.import_faiss().write_index
 
 
 def _slow_write(index: Any, path: str) -> None:
@@ -92,18 +92,18 @@ def _slow_write(index: Any, path: str) -> None:
     time.sleep(_delay("RAGKIT_TEST_SAVE_DELAY"))
 
 
-ragkit.store._import_faiss().write_index = _slow_write
+ragkit.store.vectors.import_faiss().write_index = _slow_write
 
-_replace = ragkit.store.Store._replace
+_replace = ragkit.store.vectors.replace
 
 
-def _slow_replace(self: ragkit.store.Store, tmp: Path, final: Path) -> None:
-    _replace(self, tmp, final)
+def _slow_replace(tmp: Path, final: Path) -> None:
+    _replace(tmp, final)
     _mark("renamed")  # the new file is in place, the manifest not yet updated
     time.sleep(_delay("RAGKIT_TEST_SAVE_DELAY"))
 
 
-ragkit.store.Store._replace = _slow_replace  # type: ignore[method-assign]
+ragkit.store.vectors.replace = _slow_replace
 
 if __name__ == "__main__":
     main()

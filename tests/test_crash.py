@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import ragkit
-from ragkit.store import Store, _faiss_ids
+from ragkit.store import Store
+from ragkit.store.vectors import faiss_ids as _faiss_ids
 from tests import fakes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,8 @@ import pytest
 
 from ragkit.chunking import Chunk
 from ragkit.errors import IndexLockedError, IndexNotFoundError
-from ragkit.store import FAISS_NAME, Store, _faiss_ids, cache_key
+from ragkit.store import FAISS_NAME, Store, cache_key
+from ragkit.store.vectors import faiss_ids as _faiss_ids
 from tests.fakes import BagOfWordsEmbedder
 
 

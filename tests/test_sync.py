@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import ragkit
-from ragkit.store import FAISS_NAME, Store, _faiss_ids
+from ragkit.store import FAISS_NAME, Store
+from ragkit.store.vectors import faiss_ids as _faiss_ids
 from tests import fakes
 
 WORDS = (

@@ -1,0 +1,57 @@
+"""Keyword search: user text as a safe FTS5 query, ranked by SQLite's BM25."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+from ragkit.filters import Filters
+
+# Lucene's English stop set (EnglishAnalyzer, also Anserini's default): left out of keyword
+# queries because they match nearly every chunk and only add noise to BM25's sum.
+# fmt: off
+STOPWORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it",
+    "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these",
+    "they", "this", "to", "was", "will", "with",
+})
+# fmt: on
+# Runs of letters and digits: what the unicode61 tokenizer keeps as one token (it splits at
+# everything else, underscores included).
+_TERM = re.compile(r"[^\W_]+")
+
+
+def fts_match(query: str) -> str:
+    """User text as a safe FTS5 query: each word a quoted string, OR-joined, ranked by BM25.
+
+    Quoting makes every operator (AND, OR, NOT, NEAR, ``*``, ``^``, ``:``, parentheses, ``-``)
+    a plain word, so no user text can break the FTS syntax. Stopwords are dropped unless the
+    query has nothing else; repeated words stay, weighting them as BM25's query term frequency.
+    Returns "" when the text has no words at all.
+    """
+    terms = [t.lower() for t in _TERM.findall(query)]
+    content = [t for t in terms if t not in STOPWORDS] or terms
+    return " OR ".join(f'"{t}"' for t in content)
+
+
+def keyword_search(
+    conn: sqlite3.Connection, query: str, k: int, *, filters: Filters | None = None
+) -> list[tuple[int, float]]:
+    """Top-k (chunk id, BM25 score) for the words of ``query``, best first.
+
+    FTS5's ``bm25()`` (k1=1.2, b=0.75, Porter-stemmed terms) is negated so that higher is
+    better, as for cosine. Only chunks that have vectors are ranked, the same set dense
+    search sees; ``filters`` are applied inside the query, before ranking.
+    """
+    match = fts_match(query)
+    if not match or k < 1:
+        return []
+    where, args = (filters or Filters()).where()
+    rows = conn.execute(
+        "SELECT chunks_fts.rowid, bm25(chunks_fts) FROM chunks_fts"
+        " JOIN chunks c ON c.id = chunks_fts.rowid JOIN documents d ON d.id = c.document_id"
+        f" WHERE chunks_fts MATCH ? AND c.vector IS NOT NULL AND {where}"
+        " ORDER BY bm25(chunks_fts) LIMIT ?",
+        [match, *args, k],
+    ).fetchall()
+    return [(int(i), -float(score)) for i, score in rows]

@@ -1,0 +1,205 @@
+"""The index's SQLite schema, its manifest, the rows it holds, and opening a connection."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import shlex
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ragkit.errors import IndexMismatchError
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
+SCHEMA_VERSION = 2  # 2: chunk ids never reused, cache_key names the model, unique ordinals
+DB_NAME = "ragkit.db"
+LOCK_NAME = "write.lock"
+
+
+def cache_key(text: str, *, embedder: str, model: str, dimension: int) -> str:
+    """The key of a chunk's vector in the embedding cache: which model embedded which text."""
+    head = f"{embedder}\0{model}\0{dimension}\0".encode()
+    return hashlib.sha256(head + text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an index was built with, and the state of its FAISS file."""
+
+    embedder: str
+    model: str
+    dimension: int
+    schema_version: int
+    created: str
+    updated: str
+    tokens_embedded: int
+    faiss_generation: int
+    faiss_count: int
+    source: str = ""  # absolute path of the folder (or file) this index mirrors
+
+    @property
+    def embedder_spec(self) -> str:
+        """The ``--embedder`` value that reproduces this index's embedder."""
+        return f"{self.embedder}:{self.model}"
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    """One indexed file as the index remembers it."""
+
+    id: int
+    path: str
+    sha256: str
+    size: int
+    mtime: float
+    kind: str
+    pages: int
+    chunks: int
+    status: str  # "indexed" once every chunk has its vector, "pending" before
+    warnings: str
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk row joined with its document's path."""
+
+    id: int
+    path: str
+    ordinal: int
+    text: str
+    page: int | None
+    start_line: int
+    end_line: int
+    start_char: int
+    end_char: int
+    heading: str
+    tokens: int
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    kind TEXT NOT NULL,
+    pages INTEGER NOT NULL DEFAULT 0,
+    chunks INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    warnings TEXT NOT NULL DEFAULT '',
+    indexed_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_sha256 ON documents(sha256);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id INTEGER NOT NULL REFERENCES documents(id),
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    page INTEGER,
+    start_line INTEGER NOT NULL,
+    end_line INTEGER NOT NULL,
+    start_char INTEGER NOT NULL,
+    end_char INTEGER NOT NULL,
+    heading TEXT NOT NULL DEFAULT '',
+    tokens INTEGER NOT NULL,
+    cache_key TEXT NOT NULL,
+    vector BLOB
+);
+CREATE UNIQUE INDEX IF NOT EXISTS chunks_document ON chunks(document_id, ordinal);
+CREATE INDEX IF NOT EXISTS chunks_cache_key ON chunks(cache_key);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
+    text, heading, content='chunks', content_rowid='id', tokenize='porter unicode61'
+);
+CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, text, heading) VALUES (new.id, new.text, new.heading);
+END;
+CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text, heading)
+        VALUES ('delete', old.id, old.text, old.heading);
+END;
+CREATE TRIGGER IF NOT EXISTS chunks_au AFTER UPDATE OF text, heading ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text, heading)
+        VALUES ('delete', old.id, old.text, old.heading);
+    INSERT INTO chunks_fts(rowid, text, heading) VALUES (new.id, new.text, new.heading);
+END;
+"""
+
+
+# Manifest keys that only keep count or record history, with the value a fresh index has.
+BOOKKEEPING = {
+    "created": "",
+    "updated": "",
+    "tokens_embedded": "0",
+    "faiss_generation": "0",
+    "faiss_count": "0",
+    "source": "",
+}
+
+
+def index_flags(path: Path) -> str:
+    """The ``--index`` (and ``--index-dir``) flags that name the index at ``path``."""
+    flags = f" --index {shlex.quote(path.name)}"
+    if path.parent != Path("indexes"):
+        flags += f" --index-dir {shlex.quote(str(path.parent))}"
+    return flags
+
+
+def now() -> str:
+    """The current UTC time, as the manifest records it."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    """The index database at ``path`` in WAL mode, autocommit (writes use BEGIN IMMEDIATE)."""
+    import sqlite_utils
+
+    # Not bound to the opening thread: an open Index gives each thread its own Store, and
+    # closes them all from whichever thread calls close().
+    conn = sqlite3.connect(
+        path / DB_NAME, timeout=30.0, isolation_level=None, check_same_thread=False
+    )
+    db = sqlite_utils.Database(conn)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    # isolation_level=None is autocommit; `with conn:` is not a transaction in that mode,
+    # so writes go through Store.transaction(), which issues BEGIN IMMEDIATE itself.
+    return db
+
+
+def read_manifest(db: sqlite_utils.Database, path: Path) -> Manifest:
+    """The manifest of the index at ``path``; IndexMismatchError when it names no embedder."""
+    rows = dict(db.conn.execute("SELECT key, value FROM manifest").fetchall())
+    try:
+        embedder, model = str(rows["embedder"]), str(rows["model"])
+        dimension, schema = int(rows["dimension"]), int(rows["schema_version"])
+    except (KeyError, ValueError) as exc:
+        raise IndexMismatchError(
+            f"the manifest of index {path} is damaged ({exc!r}): the embedder that built it"
+            " is unknown; build a new index with `ragkit index PATH --index NEW_NAME`"
+        ) from None
+
+    # Bookkeeping a damaged manifest may lack has safe defaults; `ragkit doctor` reports it.
+    def book(key: str) -> str:
+        value = str(rows.get(key, BOOKKEEPING[key]))
+        return value if value.isdigit() or not BOOKKEEPING[key].isdigit() else BOOKKEEPING[key]
+
+    return Manifest(
+        embedder=embedder,
+        model=model,
+        dimension=dimension,
+        schema_version=schema,
+        created=book("created"),
+        updated=book("updated"),
+        tokens_embedded=int(book("tokens_embedded")),
+        faiss_generation=int(book("faiss_generation")),
+        faiss_count=int(book("faiss_count")),
+        source=book("source"),
+    )
