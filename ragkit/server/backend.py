@@ -1,8 +1,9 @@
-"""The one index a server holds for its life, and the limits every request is held to.
+"""The one index a server holds open for its life, and the limits every request is held to.
 
-``Backend`` is what the MCP tools and the HTTP routes call: search, ask, read and status on the
-index the settings name, with per-request overrides (k, mode, filters) validated like any
-setting and k capped at ``max_k``. It is safe to call from many threads at once.
+``Backend`` is what the MCP tools and the HTTP routes call: search, ask, read and status on one
+open ``ragkit.Index`` (embedder, chat model and FAISS loaded once), with per-request overrides
+(k, mode, filters) validated like any setting and k capped at ``max_k``. It is safe to call
+from many threads at once, as the Index is.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ragkit import pipeline
 from ragkit.config import Settings
 from ragkit.errors import QueryError
+from ragkit.library import Index
 from ragkit.reading import Passage, read
 from ragkit.store import Store
 
@@ -38,13 +40,12 @@ REQUEST_SETTINGS = (
 class Backend:
     """Search, ask, read and status on one index, for a server's lifetime.
 
-    Each call opens the index's SQLite connection in the calling thread (connections never
-    cross threads), so concurrent requests are safe.
+    Opening it opens the index (no index: an error naming the command that builds one).
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        pipeline.status(settings)  # no index: refuse to start, with the command that builds one
+        self.index = Index(settings)
 
     @property
     def uses_llm(self) -> bool:
@@ -53,7 +54,8 @@ class Backend:
         return s.openai_configured if s.llm is None else s.llm
 
     def close(self) -> None:
-        """Release what the backend holds."""
+        """Close the index."""
+        self.index.close()
 
     def request_settings(self, overrides: dict[str, Any]) -> Settings:
         """The server's settings with one request's overrides, validated and k capped."""
@@ -73,13 +75,14 @@ class Backend:
     def search(self, query: str, **overrides: Any) -> tuple[Settings, list[Hit]]:
         """The request's settings and the passages that best match ``query``."""
         settings = self.request_settings(overrides)
-        return settings, pipeline.search(query, settings)
+        return settings, self.index.search(query, **overrides)
 
     def ask(
         self, question: str, *, on_text: Callable[[str], None] | None = None, **overrides: Any
     ) -> Answer:
         """Answer ``question`` from the index; ``on_text`` receives streamed LLM text."""
-        return pipeline.ask(question, self.request_settings(overrides), on_text=on_text)
+        self.request_settings(overrides)
+        return self.index.ask(question, on_text=on_text, **overrides)
 
     def read(
         self,
@@ -90,9 +93,10 @@ class Backend:
         page: int | None = None,
     ) -> Passage:
         """A span, or the whole, of an indexed document, from the index alone."""
+        # Reading is rare next to searching: a connection of its own, closed after.
         with Store.open(self.settings.index_path) as store:
             return read(store, path, start_line=start_line, end_line=end_line, page=page)
 
     def status(self) -> IndexStatus:
         """The index's location, embedder, contents and health."""
-        return pipeline.status(self.settings)
+        return self.index.status()
