@@ -167,7 +167,9 @@ async function openDocument(where) {
     }
     $("document-where").textContent = location_(where);
     $("document-section").hidden = false;
-    if (first) first.scrollIntoView({ block: "center" });
+    // Scroll the document pane (not the page) to the cited lines, then bring the pane in view.
+    box.scrollTop = first ? Math.max(0, first.offsetTop - 48) : 0;
+    $("document-section").scrollIntoView({ block: "nearest" });
     $("document-title").focus({ preventScroll: true });
   } catch (e) {
     showError(e.message);
