@@ -4,7 +4,7 @@ Two indexes: the demo corpus (local all-MiniLM-L6-v2 embedder) and a synthetic 1
 index built through the real ``ragkit.index`` path with a hashing bag-of-words embedder
 registered here (fast, so the build measures ragkit rather than a model). The server is a
 separate process (``python bench/serve.py --serve ...``: this file registers the embedder, then
-runs the very app ``ragkit serve`` runs, on uvicorn); the clients are threads in this process,
+runs the very app ``ragkit serve`` runs, on uvicorn); the clients are asyncio tasks in this process,
 each with its own keep-alive connection, sending queries back to back for ``--seconds``.
 
 Baseline, measured in the same run: ``Index.search`` called directly in this process (one
@@ -23,7 +23,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -144,47 +143,40 @@ def wait_for(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 def load(url: str, queries: list[str], clients: int, seconds: float) -> tuple[float, float]:
-    """Requests/s over ``seconds`` with ``clients`` threads; and the median latency in ms."""
+    """Requests/s over ``seconds`` with ``clients`` concurrent connections; median latency (ms).
+
+    The clients are asyncio tasks in one thread (one connection each), so the load generator
+    costs little CPU next to the server on a small machine.
+    """
+    import asyncio
+
     import httpx2 as httpx
 
-    latencies: list[float] = []
-    counts = [0] * clients
-    errors: list[str] = []
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
+    async def main() -> tuple[float, list[float]]:
+        latencies: list[float] = []
+        stop = time.perf_counter() + seconds
 
-    def client(i: int) -> None:
-        mine: list[float] = []
-        with httpx.Client(timeout=120) as http:
-            n = i
-            while True:  # at least one request each, however slow the machine
-                t = time.perf_counter()
-                try:
-                    reply = http.post(url, json={"query": queries[n % len(queries)], "k": 10})
-                except httpx.HTTPError as exc:
-                    errors.append(repr(exc))
-                    return
-                if reply.status_code != 200:
-                    errors.append(reply.text)
-                    return
-                mine.append(time.perf_counter() - t)
-                n += 1
-                if time.perf_counter() >= stop:
-                    break
-        with lock:
-            latencies.extend(mine)
-            counts[i] = len(mine)
+        async def client(i: int) -> None:
+            limits = httpx.Limits(max_connections=1)
+            async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+                n = i
+                while True:  # at least one request each, however slow the machine
+                    t = time.perf_counter()
+                    body = {"query": queries[n % len(queries)], "k": 10}
+                    reply = await http.post(url, json=body)
+                    if reply.status_code != 200:
+                        raise SystemExit(f"request failed: {reply.text}")
+                    latencies.append(time.perf_counter() - t)
+                    n += 1
+                    if time.perf_counter() >= stop:
+                        return
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise SystemExit(f"request failed: {errors[0]}")
-    return sum(counts) / elapsed, statistics.median(latencies) * 1000
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        return time.perf_counter() - started, latencies
+
+    elapsed, latencies = asyncio.run(main())
+    return len(latencies) / elapsed, statistics.median(latencies) * 1000
 
 
 def direct(settings: dict[str, Any], queries: list[str], seconds: float) -> float:

@@ -77,6 +77,16 @@ class Backend:
         settings = self.request_settings(overrides)
         return settings, self.index.search(query, **overrides)
 
+    async def asearch(self, query: str, **overrides: Any) -> tuple[Settings, list[Hit]]:
+        """``search`` on the Index's own pool: at most ``max_concurrency`` run at once."""
+        settings = self.request_settings(overrides)
+        return settings, await self.index.asearch(query, **overrides)
+
+    async def aask(self, question: str, **overrides: Any) -> Answer:
+        """``ask`` on the Index's own pool: at most ``max_concurrency`` run at once."""
+        self.request_settings(overrides)
+        return await self.index.aask(question, **overrides)
+
     def ask(
         self, question: str, *, on_text: Callable[[str], None] | None = None, **overrides: Any
     ) -> Answer:
