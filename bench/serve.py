@@ -47,13 +47,18 @@ DEMO_QUERIES = [
     "membership discount",
     "workshop safety glasses",
 ]
-WORDS = (
-    "river mountain city village market company policy research study evidence theory method"
-    " analysis measure sample report paper journal winter summer morning evening water light"
-    " sound color music garden forest ocean island bridge battery warranty brake chain tire"
-    " wheel frame saddle pedal gear cable lever rim spoke hub valve pump helmet lock light"
-    " rental repair service member discount store hours refund exchange invoice delivery"
-).split()
+# A Zipf-like vocabulary of 20,000 pseudo-words: common words are common, most are rare, as in
+# real text (a tiny vocabulary would make every keyword match a third of the index).
+_SYLLABLES = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
+VOCABULARY = sorted(
+    {"".join(random.Random(i).choices(_SYLLABLES, k=2 + i % 3)) for i in range(24_000)}
+)[:20_000]
+_WEIGHTS = [1.0 / (rank + 10) for rank in range(len(VOCABULARY))]
+
+
+def synthetic_words(rng: random.Random, n: int) -> list[str]:
+    """``n`` words drawn with Zipf-like frequencies."""
+    return rng.choices(VOCABULARY, weights=_WEIGHTS, k=n)
 
 
 class HashingEmbedder:
@@ -105,7 +110,7 @@ def build_large(work: Path, chunks: int) -> dict[str, Any]:
     rng = random.Random(0)
     per_file = 100
     for f in range(chunks // per_file):
-        paragraphs = [" ".join(rng.choice(WORDS) for _ in range(28)) + "." for _ in range(per_file)]
+        paragraphs = [" ".join(synthetic_words(rng, 28)) + "." for _ in range(per_file)]
         (folder / f"doc{f:05d}.txt").write_text("\n\n".join(paragraphs) + "\n")
     started = time.perf_counter()
     report = ragkit.index(folder, embedder="hashbow", chunk_overlap=0, **settings)
@@ -225,7 +230,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     run("demo corpus", build_demo(args.workdir), DEMO_QUERIES, args.seconds)
     large = build_large(args.workdir, args.chunks)
-    queries = [" ".join(random.Random(i).sample(WORDS, 4)) for i in range(64)]
+    queries = [" ".join(synthetic_words(random.Random(-i), 4)) for i in range(64)]
     run(f"{args.chunks} chunks", large, queries, args.seconds)
 
 
