@@ -101,7 +101,7 @@ def build_demo(work: Path) -> dict[str, Any]:
 
 def build_large(work: Path, chunks: int) -> dict[str, Any]:
     """A folder of synthetic text files indexed into about ``chunks`` chunks of ~30 words."""
-    name = f"synthetic-{chunks}"
+    name = f"zipf-{chunks}"
     settings = {"index": name, "index_dir": str(work / "indexes"), "chunk_tokens": 32}
     if (work / "indexes" / name).exists():
         return settings
