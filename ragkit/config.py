@@ -145,6 +145,13 @@ class Settings:
     azure_api_version: str | None = None  # also OPENAI_API_VERSION
     azure_deployment: str | None = None  # embedding deployment name [default: the model name]
     batch_size: int = 32  # texts per local embedding batch
+    # `ragkit serve` and `ragkit mcp --http`: binding beyond 127.0.0.1 requires a token.
+    host: str = "127.0.0.1"  # address the HTTP servers listen on
+    port: int = 8000  # port the HTTP servers listen on
+    token: str | None = field(default=None, repr=False)  # Bearer token the HTTP servers require
+    cors_origin: tuple[str, ...] | None = None  # browser origins allowed to call the HTTP API
+    max_k: int = 50  # most passages one API or MCP request may ask for
+    max_request_bytes: int = 65536  # largest request body the HTTP API accepts
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -242,6 +249,14 @@ class Settings:
             )
         if self.max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1 (got {self.max_concurrency})")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be between 1 and 65535 (got {self.port})")
+        if self.max_k < 1:
+            raise ConfigError(f"max_k must be at least 1 (got {self.max_k})")
+        if self.max_request_bytes < 1024:
+            raise ConfigError(
+                f"max_request_bytes must be at least 1024 (got {self.max_request_bytes})"
+            )
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:

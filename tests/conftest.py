@@ -17,3 +17,11 @@ def openai_server() -> Iterator[OpenAITestServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def demo_index(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The demo corpus copied and indexed once with the local model (tests/serving.py)."""
+    from tests.serving import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("demo"))

@@ -54,6 +54,7 @@ def test_search_json_schema(indexed):
             "end_line",
             "heading",
             "text",
+            "chunk_id",
         }
         assert 0 < hit["score"] <= round(2 / 61, 6)  # hybrid, the default: a fused rank score
         assert isinstance(hit["score"], float) and hit["start_line"] <= hit["end_line"]

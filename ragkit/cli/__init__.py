@@ -21,7 +21,7 @@ import typer
 
 # isort: off
 # Imported for their commands, in the order `ragkit --help` lists them.
-from ragkit.cli import indexing, searching, answering, evaluation  # noqa: F401
+from ragkit.cli import indexing, searching, answering, evaluation, serving  # noqa: F401
 
 # isort: on
 from ragkit.cli.common import (

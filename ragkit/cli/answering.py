@@ -43,36 +43,10 @@ from ragkit.cli.common import (
     setup_logging,
 )
 from ragkit.errors import ChatError
+from ragkit.shapes import answer_json as _answer_json
 
 if TYPE_CHECKING:
     from ragkit.answerer import Answer
-
-
-def _answer_json(answer: Answer) -> dict[str, Any]:
-    return {
-        "question": answer.question,
-        "answer": answer.text,
-        "mode": answer.mode,
-        "model": answer.model,
-        "abstained": answer.abstained,
-        "finish_reason": answer.finish_reason,
-        "complete": answer.complete,
-        "cited": answer.cited,
-        "sources_dropped": answer.sources_dropped,
-        "usage": answer.usage,
-        "citations": [
-            {
-                "n": c.n,
-                "path": c.path,
-                "page": c.page,
-                "page_label": c.page_label,
-                "start_line": c.start_line,
-                "end_line": c.end_line,
-                "quote": c.quote,
-            }
-            for c in answer.citations
-        ],
-    }
 
 
 def _answer_settings(**values: Any) -> dict[str, Any]:

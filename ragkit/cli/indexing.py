@@ -21,6 +21,8 @@ from ragkit.cli.common import (
     err,
     setup_logging,
 )
+from ragkit.shapes import report_json as _report_json
+from ragkit.shapes import status_json
 
 if TYPE_CHECKING:
     from ragkit.pipeline import IndexReport
@@ -145,14 +147,6 @@ def index(
         raise typer.Exit(EXIT_FILES_FAILED)
 
 
-def _report_json(report: IndexReport) -> dict[str, Any]:
-    data = asdict(report)
-    data["ok"] = report.ok
-    data["moved"] = [{"from": a, "to": b} for a, b in report.moved]
-    data["warnings"] = [{"path": p, "warning": w} for p, w in report.warnings]
-    return data
-
-
 def _print_report(report: IndexReport) -> None:
     for item in report.failed:
         err(f"failed: {item.path}: {item.reason}")
@@ -213,7 +207,7 @@ def status(
 
     info = pipeline.status(index=index, index_dir=index_dir)
     if as_json:
-        typer.echo(json.dumps(asdict(info), indent=2))
+        typer.echo(json.dumps(status_json(info), indent=2))
         return
     rows = [
         ("index", f"{info.index} ({info.path})"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -35,21 +35,6 @@ def _location(page: int | None, start: int, end: int, label: str | None = None) 
     parts = [f"page {page}" + (f" ({label})" if label else "")] if page is not None else []
     parts.append(f"line {start}" if start == end else f"lines {start}–{end}")
     return ", ".join(parts)
-
-
-def _hit_json(hit: Hit) -> dict[str, Any]:
-    return {
-        "rank": hit.rank,
-        "score": round(hit.score, 6),
-        "dense_score": None if hit.dense_score is None else round(hit.dense_score, 6),
-        "path": hit.path,
-        "page": hit.page,
-        "page_label": hit.page_label,
-        "start_line": hit.start_line,
-        "end_line": hit.end_line,
-        "heading": hit.heading,
-        "text": hit.text,
-    }
 
 
 def _score(mode: str, hit: Hit) -> str:
@@ -95,7 +80,9 @@ def search(
     )  # fmt: skip
     hits = pipeline.search(query, settings)
     if as_json:
-        data = {"query": query, "mode": settings.mode, "hits": [_hit_json(h) for h in hits]}
+        from ragkit.shapes import search_json
+
+        data = search_json(query, settings.mode, hits)
         typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     if not hits:
