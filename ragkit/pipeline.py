@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragkit.answerer import DEFAULT_ABSTAIN_BELOW, Answer, extractive_answer, llm_answer
+from ragkit.answerer import DEFAULT_ABSTAIN_BELOW, Answer, llm_answer
 from ragkit.chat import ChatModel, OpenAIChatModel
 from ragkit.chunking import chunk_document
 from ragkit.config import Settings
@@ -32,6 +32,7 @@ from ragkit.embedders import (
 from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
 from ragkit.evaluation import PROTOCOLS, EvalReport, load_beir
 from ragkit.evaluation import evaluate as run_evaluation
+from ragkit.extractive import extractive_answer
 from ragkit.filters import Filters, make_filters
 from ragkit.retriever import MODES, Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
