@@ -32,7 +32,7 @@ from ragkit.embedders import (
 from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
 from ragkit.evaluation import PROTOCOLS, EvalReport, load_beir
 from ragkit.evaluation import evaluate as run_evaluation
-from ragkit.extractive import extractive_answer
+from ragkit.extractive import extractive_answer, followup_hits
 from ragkit.filters import Filters, make_filters
 from ragkit.retriever import MODES, Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
@@ -166,9 +166,13 @@ def index(
     progress: Progress | None = None,
     wait: bool = False,
     dry_run: bool = False,
+    on_file: Callable[[str, int], None] | None = None,
     **overrides: Any,
 ) -> IndexReport:
     """Bring the index in line with the files under ``path``; returns what changed.
+
+    ``progress(stage, done, total)`` follows the stages; ``on_file(path, size)`` is called as
+    each new or changed file is read.
 
     With ``dry_run`` nothing is embedded or written (no index is created): the report says what
     a run would embed, how many tokens that is, and what it would cost.
@@ -209,7 +213,7 @@ def index(
         sync = _folder_sync(root, store.documents(), settings)
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         reused = 0
-        for change in sync.changes(note):
+        for change in sync.changes(note, on_file):
             if change.kind == "same":
                 store.touch_document(change.path, mtime=change.mtime)
             elif change.kind == "moved" and change.old_path is not None:
@@ -416,15 +420,16 @@ def ask(
     use_llm = settings.openai_configured if settings.llm is None else settings.llm
     queries = [question]
     followup = followup_query(question, history)
-    # Only a model can tell a follow-up from a change of topic (an earlier question's words
-    # would make any new question look answerable), so extractive answers search the question
-    # alone.
-    if followup and use_llm:
+    if followup:
         queries.append(followup)
     filters(settings)  # refuse bad filter values before opening anything
     store, embedder = open_index(settings)
     with store:
         found = [_retrieve(store, embedder, q, settings) for q in queries]
+    if followup and not use_llm:
+        # With no model to tell a follow-up from a change of topic, the follow-up query's hits
+        # count only when they hold one of this question's own terms.
+        found[-1] = followup_hits(question, found[-1])
     hits = merge_hits(found, settings.k)
     threshold = settings.abstain_below
     if threshold is None:
