@@ -78,6 +78,11 @@ class Answer:
         """False when the chat model stopped early (token limit), so the text is partial."""
         return self.finish_reason in (None, "stop")
 
+    def __str__(self) -> str:
+        """The answer text, then its sources as ``[n] path (page p, lines a–b)``, one a line."""
+        sources = "".join(f"\n[{c.n}] {c.location}" for c in self.citations)
+        return f"{self.text}\n{sources}" if sources else self.text
+
 
 def should_abstain(hits: Sequence[Hit], threshold: float) -> bool:
     """True when no hit's cosine similarity to the question is strong enough to answer from."""

@@ -67,7 +67,9 @@ MinScore = Annotated[
 PathGlob = Annotated[
     str | None,
     typer.Option(
-        "--path", envvar="RAGKIT_PATH", help="Only documents whose path matches this glob."
+        "--path",
+        envvar="RAGKIT_PATH",
+        help="Only documents whose path matches this glob; a folder name means all under it.",
     ),
 ]
 Mode = Annotated[

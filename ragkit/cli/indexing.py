@@ -208,8 +208,14 @@ def index(
         raise typer.Exit(EXIT_FILES_FAILED)
 
 
+def _named(data: dict[str, Any]) -> dict[str, Any]:
+    """JSON whose ``index`` is the index's name and ``path`` its folder, as in ``status``."""
+    path = str(data.pop("index"))
+    return {"index": Path(path).name, "path": path, **data}
+
+
 def _report_json(report: IndexReport) -> dict[str, Any]:
-    data = asdict(report)
+    data = _named(asdict(report))
     data["ok"] = report.ok
     data["moved"] = [{"from": a, "to": b} for a, b in report.moved]
     data["warnings"] = [{"path": p, "warning": w} for p, w in report.warnings]
@@ -310,7 +316,7 @@ def doctor(
     setup_logging(verbose)
     report = pipeline.doctor(index=index, index_dir=index_dir, repair=repair, wait=wait)
     if as_json:
-        data = asdict(report)
+        data = _named(asdict(report))
         data["ok"] = report.ok
         typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
     else:
