@@ -196,9 +196,11 @@ def test_chat_reports_a_line_that_is_not_utf8_and_goes_on(indexed):
     assert "within 30 days" in _text(proc.stdout)
 
 
-def _read_until(fd: int, marker: bytes, seen: bytearray, timeout: float = 120) -> None:
+def _read_until(
+    fd: int, marker: bytes, seen: bytearray, timeout: float = 120, start: int = 0
+) -> None:
     deadline = time.monotonic() + timeout
-    while marker not in seen:
+    while marker not in seen[start:]:
         left = deadline - time.monotonic()
         assert left > 0, f"no {marker!r} in {bytes(seen)!r}"
         if select.select([fd], [], [], left)[0]:
@@ -211,18 +213,36 @@ def _read_until(fd: int, marker: bytes, seen: bytearray, timeout: float = 120) -
             seen.extend(chunk)
 
 
+def _read_to_end(fd: int, timeout: float = 60) -> bytes:
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 1)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child has exited and closed the terminal
+                return bytes(out)
+            if not chunk:
+                return bytes(out)
+            out.extend(chunk)
+    raise AssertionError(f"still running after Ctrl-D: {bytes(out)!r}")
+
+
 def test_interactive_chat_has_a_banner_line_editing_and_ends_its_line(indexed):
     """On a terminal: a banner saying how to quit; arrow keys edit the line (readline), not
     ``^[[D``; Ctrl-D ends the prompt's line before the shell's prompt comes back."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: ragkit chat on the pseudo-terminal
-        os.chdir(indexed)
-        env = _env(indexed, RAGKIT_ABSTAIN_BELOW="0.1", TERM="dumb")
-        os.execvpe(
-            sys.executable,
-            [sys.executable, "-m", "tests.ragkit_with_fakes", "chat", "--json"],
-            env,
-        )
+        try:
+            os.chdir(indexed)
+            env = _env(indexed, RAGKIT_ABSTAIN_BELOW="0.1", TERM="dumb")
+            os.execvpe(
+                sys.executable,
+                [sys.executable, "-m", "tests.ragkit_with_fakes", "chat", "--json"],
+                env,
+            )
+        finally:
+            os._exit(127)  # never run the rest of the test suite in the child
     seen = bytearray()
     try:
         _read_until(fd, b"ragkit> ", seen)
@@ -231,17 +251,22 @@ def test_interactive_chat_has_a_banner_line_editing_and_ends_its_line(indexed):
         # missing a letter that is put in after two Left-arrow presses.
         os.write(fd, b"how many days can bikes be returned with the recept\x1b[D\x1b[Di\r")
         _read_until(fd, b'"citations"', seen)
-        _read_until(fd, b"ragkit> ", seen[seen.index(b'"citations"') :] or seen)
-        answer = json.loads(seen[seen.index(b"{") : seen.rindex(b"}") + 1].decode())
+        start = seen.index(b'{"question"')
+        _read_until(fd, b"ragkit> ", seen, start=start)  # the answer is out, the next prompt up
+        answer = json.loads(seen[start : seen.rindex(b"}") + 1].decode())
         assert answer["question"] == "how many days can bikes be returned with the receipt"
         assert b"^[[D" not in seen
-        before = len(seen)
         os.write(fd, b"\x04")  # Ctrl-D
-        _read_until(fd, b"\n", tail := bytearray())
-        seen.extend(tail)
-        assert tail.lstrip(b"\r").startswith(b"\n") or b"\n" in tail, bytes(seen[before:])
+        rest = _read_to_end(fd)
+        assert rest.replace(b"\r", b"") == b"\n", rest  # the prompt's line ended, nothing else
     finally:
-        _, status = os.waitpid(pid, 0)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if not done:  # a failed assertion above: do not leave the child behind
+            time.sleep(1)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                os.kill(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0, bytes(seen)
 
