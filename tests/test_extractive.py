@@ -134,3 +134,15 @@ def test_errors_are_also_the_builtins_python_callers_catch(tmp_path):
     with pytest.raises(ValueError) as bad_setting:
         ragkit.Settings.load(environ={}, k=0)
     assert isinstance(bad_setting.value, ConfigError)
+
+
+def test_the_answer_quality_bench_finds_gold_sentences_by_span():
+    from bench.extractive_quality import gold_spans, overlaps, quoted_spans
+
+    title, abstract = "A title.", "First finding here. Second  finding, the evidence. Third one."
+    doc = f"{title} {abstract}"
+    (gold,) = gold_spans(title, abstract, [1])
+    assert " ".join(doc.split())[gold[0] : gold[1]] == "Second finding, the evidence."
+    quoted = quoted_spans(doc, "First finding here. … Second finding, the evidence.")
+    assert [overlaps(q, gold) for q in quoted] == [False, True]
+    assert gold_spans(title, abstract, [7]) == []  # an index past the split is dropped
