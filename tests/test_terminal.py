@@ -300,3 +300,16 @@ def test_ctrl_c_during_index_says_what_was_kept(tmp_path):
     proc2 = _run(tmp_path, "index", str(docs), "--embedder", "bow", "--json")
     assert proc2.returncode == 0, proc2.stderr
     assert json.loads(proc2.stdout)["documents"] == 40
+
+
+def test_log_lines_are_made_safe_too(capsys):
+    import logging
+
+    from ragkit.cli.common import setup_logging
+
+    setup_logging(False)
+    try:
+        logging.getLogger("ragkit.store").warning("could not save %s", f"x{TITLE_ESCAPE}\ny")
+        assert capsys.readouterr().err == "ragkit: could not save x\\x1b]0;pwned\\x07\\ny\n"
+    finally:
+        logging.getLogger().handlers.clear()

@@ -247,7 +247,7 @@ def _print_estimate(report: IndexReport) -> None:
         err(f"would fail: {item.path}: {item.reason}")
     files = len(report.added) + len(report.changed)
     cost = f"${report.cost_usd:.4f}" if report.cost_usd is not None else "unknown (no price known)"
-    typer.echo(
+    out(
         f"dry run for {report.index} [{report.embedder}]: {files} files to embed"
         f" ({len(report.added)} new, {len(report.changed)} changed),"
         f" {len(report.removed)} to remove, {len(report.moved)} moved,"
