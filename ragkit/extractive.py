@@ -75,7 +75,21 @@ def _units(text: str, heading: str = "") -> list[str]:
             kept.append("")  # a heading ends the paragraph before it
             continue
         kept.append(line)
-    return _UNIT_START.split("\n".join(kept))
+    return [u for u in _UNIT_START.split("\n".join(kept)) if not _is_title(u)]
+
+
+def _is_title(unit: str) -> bool:
+    """A paragraph of one short line with no closing punctuation: a title (HTML headings, PDF
+    section names) rather than a sentence. List items and table rows are never titles."""
+    lines = [line for line in unit.split("\n") if line.strip()]
+    if len(lines) != 1:
+        return False
+    bare = lines[0].strip()
+    return (
+        len(bare.split()) <= 10
+        and not bare.endswith((".", "!", "?", ":", ";", ")", '"', "'", "”"))
+        and not re.match(r"(?:[-*+•|>]|\d+[.)])\s", bare)
+    )
 
 
 def _sentences(text: str, heading: str = "") -> list[str]:

@@ -146,3 +146,17 @@ def test_the_answer_quality_bench_finds_gold_sentences_by_span():
     quoted = quoted_spans(doc, "First finding here. … Second finding, the evidence.")
     assert [overlaps(q, gold) for q in quoted] == [False, True]
     assert gold_spans(title, abstract, [7]) == []  # an index past the split is dropped
+
+
+def test_a_short_line_standing_alone_is_a_title_but_a_list_item_is_not():
+    text = (
+        "Shop Hours and Locations\n\n"
+        "The Harbor Street shop opens at nine every day.\n\n"
+        "- Helmet rental is free with every bike hire\n"
+        "- Lights are lent out after dark for free\n"
+    )
+    assert _sentences(text) == [
+        "The Harbor Street shop opens at nine every day.",
+        "Helmet rental is free with every bike hire",
+        "Lights are lent out after dark for free",
+    ]
