@@ -334,6 +334,10 @@ def _questions(interactive: bool) -> Iterator[str | None]:
         except EOFError:
             typer.echo("")  # Ctrl-D: end the prompt's line so the shell's starts on its own
             return
+        except KeyboardInterrupt:
+            if interactive:
+                typer.echo("")  # Ctrl-C at the prompt: the same, then exit 130
+            raise
         except UnicodeDecodeError:
             yield None
             continue
