@@ -69,7 +69,8 @@ def followup_query(question: str, turns: Sequence[Turn]) -> str | None:
     a change of topic still finds its own sources. The price: an unrelated question right after
     another also finds the earlier topic's sources and passes the abstention threshold, leaving
     the chat model (told to say when the sources do not answer) to judge; extractive answers,
-    with no model to judge, search the question alone.
+    with no model to judge, keep only the follow-up hits that hold one of the new question's
+    own terms (``ragkit.extractive.followup_hits``).
     """
     if not turns:
         return None
@@ -79,10 +80,16 @@ def followup_query(question: str, turns: Sequence[Turn]) -> str | None:
 def merge_hits(results: Sequence[Sequence[Hit]], k: int) -> list[Hit]:
     """Several queries' hits as one ranking: each chunk at its best score, top ``k``, re-ranked."""
     best: dict[int, Hit] = {}
+
+    def strength(hit: Hit) -> tuple[float, float]:
+        # Fused scores come from ranks, so one chunk ranked first by two queries ties: the
+        # query it is closer to (its cosine, which abstention reads) then decides.
+        return hit.score, -1.0 if hit.dense_score is None else hit.dense_score
+
     for hits in results:
         for hit in hits:
             seen = best.get(hit.chunk_id)
-            if seen is None or hit.score > seen.score:
+            if seen is None or strength(hit) > strength(seen):
                 best[hit.chunk_id] = hit
     ranked = sorted(best.values(), key=lambda h: (-h.score, h.chunk_id))[:k]
     return [dataclasses.replace(h, rank=i) for i, h in enumerate(ranked, start=1)]

@@ -2,11 +2,13 @@
 
 Every error a user can cause is a ``RagkitError`` whose message says what to do next; the CLI
 prints it as one line and exits non-zero. Anything else is a bug and keeps its traceback.
+Where a built-in exception means the same thing, the error is also that built-in (in brackets),
+so code that already catches ``ValueError`` or ``FileNotFoundError`` catches ragkit's too.
 
     RagkitError
-    ├── ConfigError           a bad setting: unknown embedder or model, missing API key
-    ├── QueryError            an empty or unusable query
-    ├── IndexNotFoundError    no index where one was expected
+    ├── ConfigError           [ValueError] a bad setting: unknown embedder or model, no API key
+    ├── QueryError            [ValueError] an empty, non-UTF-8 or otherwise unusable query
+    ├── IndexNotFoundError    [FileNotFoundError] no index where one was expected
     ├── IndexMismatchError    the index was built by another embedder or dimension
     ├── IndexLockedError      another process is writing this index
     ├── LoadError             one file could not be read (carries the reason)
@@ -22,15 +24,15 @@ class RagkitError(Exception):
     """A problem the user can fix; the message says how."""
 
 
-class ConfigError(RagkitError):
+class ConfigError(RagkitError, ValueError):
     """A setting is wrong or missing."""
 
 
-class QueryError(RagkitError):
+class QueryError(RagkitError, ValueError):
     """The query cannot be run as given."""
 
 
-class IndexNotFoundError(RagkitError):
+class IndexNotFoundError(RagkitError, FileNotFoundError):
     """There is no index at the given location."""
 
 

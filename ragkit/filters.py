@@ -21,7 +21,7 @@ KINDS = frozenset({"text", "markdown", "rst", "html", "pdf", "code"})
 class Filters:
     """Conditions a chunk must meet to be searched; all given conditions must hold."""
 
-    path: str | None = None  # SQLite GLOB on the document path, e.g. "docs/*.md"
+    path: str | None = None  # SQLite GLOB on the document path ("docs/*.md"); "docs" = "docs/*"
     file_types: tuple[str, ...] = ()  # loader kinds ("pdf") or suffixes (".md"); any may match
     modified_after: float | None = None  # document mtime >= this (epoch seconds)
     modified_before: float | None = None  # document mtime < this (epoch seconds)
@@ -42,7 +42,12 @@ class Filters:
         """An SQL condition over ``c`` (chunks) and ``d`` (documents), and its parameters."""
         clauses: list[str] = []
         args: list[Any] = []
-        if self.path:
+        if self.path and not any(c in self.path for c in "*?["):
+            # No glob characters: a file, or a folder and everything under it ("faq" = "faq/*").
+            bare = self.path.removeprefix("./").rstrip("/")
+            clauses.append("(d.path = ? OR d.path GLOB ?)")
+            args.extend([bare, bare + "/*"])
+        elif self.path:
             clauses.append("d.path GLOB ?")
             args.append(self.path)
         if self.file_types:

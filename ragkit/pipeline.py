@@ -24,7 +24,6 @@ from ragkit.answerer import (
     DEFAULT_ABSTAIN_BELOW,
     Answer,
     abstention,
-    extractive_answer,
     llm_answer,
     should_abstain,
 )
@@ -44,6 +43,7 @@ from ragkit.embedders import (
 from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
 from ragkit.evaluation import PROTOCOLS, EvalReport, load_beir
 from ragkit.evaluation import evaluate as run_evaluation
+from ragkit.extractive import extractive_answer, followup_hits
 from ragkit.filters import Filters, make_filters
 from ragkit.retriever import MODES, Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
@@ -238,9 +238,13 @@ def index(
     progress: Progress | None = None,
     wait: bool = False,
     dry_run: bool = False,
+    on_file: Callable[[str, int], None] | None = None,
     **overrides: Unpack[Overrides],
 ) -> IndexReport:
     """Bring the index in line with the files under ``path``; returns what changed.
+
+    ``progress(stage, done, total)`` follows the stages; ``on_file(path, size)`` is called as
+    each new or changed file is read.
 
     With ``dry_run`` nothing is embedded or written (no index is created): the report says what
     a run would embed, how many tokens that is, and what it would cost.
@@ -281,7 +285,7 @@ def index(
         sync, selection = _folder_sync(root, store.documents(), settings, store)
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         reused = 0
-        for change in sync.changes(note):
+        for change in sync.changes(note, on_file):
             if change.kind == "same":
                 store.touch_document(change.path, mtime=change.mtime)
             elif change.kind == "moved" and change.old_path is not None:
@@ -525,16 +529,18 @@ def answer(
     question = check_query(question)
     use_llm = settings.openai_configured if settings.llm is None else settings.llm
     # Only a chat model reads the history; extractive answers need not count it (nor load a
-    # tokenizer for it).
-    history = fit_history(history, settings.chat_history_tokens) if use_llm else ()
+    # tokenizer for it): they use the previous question alone, for follow-ups.
+    history = fit_history(history, settings.chat_history_tokens) if use_llm else history[-1:]
     queries = [question]
     followup = followup_query(question, history)
-    # Only a model can tell a follow-up from a change of topic (an earlier question's words
-    # would make any new question look answerable), so extractive answers search the question
-    # alone.
-    if followup and use_llm:
+    if followup:
         queries.append(followup)
-    hits = merge_hits([search(q) for q in queries], settings.k)
+    found = [search(q) for q in queries]
+    if followup and not use_llm:
+        # With no model to tell a follow-up from a change of topic, the follow-up query's hits
+        # count only when they hold one of this question's own terms.
+        found[-1] = followup_hits(question, found[-1])
+    hits = merge_hits(found, settings.k)
     threshold = settings.abstain_below
     if threshold is None:
         threshold = DEFAULT_ABSTAIN_BELOW.get(embedder.name, 0.3)

@@ -56,7 +56,11 @@ class Hit:
 
 
 def check_query(query: str) -> str:
-    """The query with outer whitespace removed; an empty one is refused."""
+    """The query with outer whitespace removed; an empty one, or one not UTF-8, is refused."""
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8, kept by the OS layer
+        raise QueryError("the query is not valid UTF-8 text: pass it in UTF-8") from None
     cleaned = query.strip()
     if not cleaned:
         raise QueryError("the query is empty: pass some words to search for")

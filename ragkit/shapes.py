@@ -7,6 +7,7 @@ Each function turns a result object into plain JSON-ready data; ``ragkit search 
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from ragkit.pipeline import IndexReport, IndexStatus
     from ragkit.reading import Passage
     from ragkit.retriever import Hit
+    from ragkit.store import HealthReport
 
 
 def hit_json(hit: Hit) -> dict[str, Any]:
@@ -71,12 +73,25 @@ def status_json(status: IndexStatus) -> dict[str, Any]:
     return asdict(status)
 
 
+def _named(data: dict[str, Any]) -> dict[str, Any]:
+    """JSON whose ``index`` is the index's name and ``path`` its folder, as in ``status``."""
+    path = str(data.pop("index"))
+    return {"index": Path(path).name, "path": path, **data}
+
+
 def report_json(report: IndexReport) -> dict[str, Any]:
     """What one ``index`` run did."""
-    data = asdict(report)
+    data = _named(asdict(report))
     data["ok"] = report.ok
     data["moved"] = [{"from": a, "to": b} for a, b in report.moved]
     data["warnings"] = [{"path": p, "warning": w} for p, w in report.warnings]
+    return data
+
+
+def health_json(report: HealthReport) -> dict[str, Any]:
+    """What ``doctor`` found (and, with ``--repair``, did)."""
+    data = _named(asdict(report))
+    data["ok"] = report.ok
     return data
 
 

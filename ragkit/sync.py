@@ -101,8 +101,15 @@ class FolderSync:
             "warnings": tuple(self.warnings),
         }
 
-    def changes(self, progress: Callable[[str, int, int], None]) -> Iterator[Change]:
-        """Each file that needs work, in path order; counts and reports fill in as it goes."""
+    def changes(
+        self,
+        progress: Callable[[str, int, int], None],
+        on_file: Callable[[str, int], None] | None = None,
+    ) -> Iterator[Change]:
+        """Each file that needs work, in path order; counts and reports fill in as it goes.
+
+        ``on_file(path, size)`` is called before each file is read.
+        """
         # Renames: a new path whose bytes match a document whose path is gone.
         by_hash = {r.sha256: p for p, r in self.gone.items()}
         for done, (rel, file) in enumerate(self.present.items(), start=1):
@@ -122,6 +129,8 @@ class FolderSync:
                 ):
                     self.unchanged += 1  # fast path: size and mtime unchanged
                     continue
+                if on_file is not None:
+                    on_file(rel, stat.st_size)
                 doc = load_document(file, self.root, limits=self.limits)
             except LoadError as exc:
                 if exc.failed:  # the indexed version, if any, stays searchable

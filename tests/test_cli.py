@@ -196,3 +196,25 @@ def test_end_to_end_offline_with_the_local_model(tmp_path):
 
     proc = _ragkit("ask", "quantum chromodynamics on a lattice", "--json", cwd=tmp_path, env=env)
     assert proc.returncode == 2 and json.loads(proc.stdout)["abstained"] is True
+
+
+def test_a_bare_folder_name_in_path_means_everything_under_it(indexed):
+    for path in ("notes", "notes/", "./notes"):
+        result = runner.invoke(app, ["search", "helmet brakes shop", "--path", path, "--json"])
+        assert result.exit_code == 0, result.output
+        assert [h["path"] for h in json.loads(result.stdout)["hits"]] == ["notes/safety.md"]
+    # A bare file name is that file; "note" is not a prefix of "notes/".
+    data = json.loads(
+        runner.invoke(app, ["search", "shop", "--path", "hours.txt", "--json"]).stdout
+    )
+    assert {h["path"] for h in data["hits"]} == {"hours.txt"}
+    data = json.loads(runner.invoke(app, ["search", "helmet", "--path", "note", "--json"]).stdout)
+    assert data["hits"] == []
+
+
+def test_json_index_is_the_name_and_path_the_folder_in_every_command(indexed, tmp_path):
+    folder = str(tmp_path / "indexes" / "default")
+    assert indexed["index"] == "default" and indexed["path"] == folder
+    for command in ("status", "doctor"):
+        data = json.loads(runner.invoke(app, [command, "--json"]).stdout)
+        assert data["index"] == "default" and data["path"] == folder, command

@@ -40,9 +40,11 @@ from ragkit.cli.common import (
     Verbose,
     app,
     err,
+    out,
+    safe_block,
     setup_logging,
 )
-from ragkit.errors import ChatError
+from ragkit.errors import ChatError, QueryError
 from ragkit.shapes import answer_json as _answer_json
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ class _Printer:
 
     def __call__(self, text: str) -> None:
         self.parts.append(text)
-        sys.stdout.write(text)
+        sys.stdout.write(safe_block(text))
         sys.stdout.flush()
 
     @property
@@ -167,7 +169,7 @@ def _print_answer(answer: Answer, *, streamed: str) -> None:
             typer.echo(
                 "Extractive answer (sentences quoted from your documents; no LLM configured):"
             )
-        typer.echo(answer.text)
+        typer.echo(safe_block(answer.text))
     if not answer.complete:
         err(
             f"note: the answer is incomplete: the model stopped at its token limit"
@@ -184,8 +186,8 @@ def _print_answer(answer: Answer, *, streamed: str) -> None:
         typer.echo("")
         typer.echo("Sources:")
         for c in answer.citations:
-            typer.echo(f"[{c.n}] {c.location}")
-            typer.echo(f"    \u201c{c.quote}\u201d")
+            out(f"[{c.n}] {c.location}")
+            out(f"    \u201c{c.quote}\u201d")
 
 
 def _note_uncited() -> None:
@@ -236,10 +238,12 @@ def chat(
     ] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Ask questions in turn (one per line on stdin; `exit` or end of input stops).
+    """Ask questions in turn (one per line on stdin; `exit`, Ctrl-D or end of input stops).
 
     Every turn retrieves afresh and numbers its own sources; earlier turns are kept within a
-    token budget, oldest dropped first.
+    token budget, oldest dropped first. A follow-up ("and on Sundays?") is also searched
+    together with the previous question: an LLM judges what that finds; offline, only passages
+    holding one of the new question's own words are kept.
     """
     from ragkit import pipeline
     from ragkit.config import Settings
@@ -265,13 +269,24 @@ def chat(
             chat_history_tokens=history_tokens,
         )
     )
-    pipeline.status(settings)  # no index: say so now, not after the first question
+    info = pipeline.status(settings)  # no index: say so now, not after the first question
     interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+
+        err(
+            f"ragkit chat over {info.index} ({info.documents} documents):"
+            " ask a question; Ctrl-D or `exit` quits"
+        )
     history: list[Turn] = []
     failed = False
     for question in _questions(interactive):
+        if question is None:  # a line that was not UTF-8 text
+            failed = True
+            err("ragkit: error: that line is not valid UTF-8 text: type it again in UTF-8")
+            continue
         if not interactive and not as_json:
-            typer.echo(f"> {question}")  # a transcript shows what each answer answers
+            out(f"> {question}")  # a transcript shows what each answer answers
         printer = _Printer()
         try:
             answer = pipeline.ask(
@@ -280,9 +295,9 @@ def chat(
                 on_text=printer if stream and not as_json else None,
                 history=history,
             )
-        except ChatError as exc:
+        except (ChatError, QueryError) as exc:
             failed = True
-            if printer.parts:
+            if printer.parts and isinstance(exc, ChatError):
                 printer.cut_off(exc)
             else:
                 err(f"ragkit: error: {exc}")
@@ -301,15 +316,28 @@ def chat(
         raise typer.Exit(EXIT_ERROR)
 
 
-def _questions(interactive: bool) -> Iterator[str]:
-    """Non-empty lines from stdin until end of input or `exit` / `quit`."""
+def _questions(interactive: bool) -> Iterator[str | None]:
+    """Non-empty lines from stdin until end of input or `exit` / `quit`; None for a line that is
+    not UTF-8 (so one bad line is reported, not a traceback)."""
     while True:
         try:
-            line = input("ragkit> ") if interactive else sys.stdin.readline()
+            if interactive:
+                line = input("ragkit> ")
+            else:
+                raw = sys.stdin.buffer.readline()
+                if not raw:
+                    return
+                line = raw.decode("utf-8")
         except EOFError:
+            typer.echo("")  # Ctrl-D: end the prompt's line so the shell's starts on its own
             return
-        if not interactive and not line:
-            return
+        except KeyboardInterrupt:
+            if interactive:
+                typer.echo("")  # Ctrl-C at the prompt: the same, then exit 130
+            raise
+        except UnicodeDecodeError:
+            yield None
+            continue
         question = line.strip()
         if question.lower() in ("exit", "quit"):
             return

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ragkit.cli.common import AsJson, IndexDir, Verbose, app, err, setup_logging
+from ragkit.cli.common import AsJson, IndexDir, Verbose, app, err, out, setup_logging
 
 
 class _StepPrinter:
@@ -87,19 +87,19 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(asdict(report), indent=2))
         return
-    typer.echo(
+    out(
         f"{report.dataset} ({report.split}): {report.queries} queries,"
         f" {report.documents} documents, embedder {report.embedder}"
     )
     for info in report.protocols:
-        typer.echo(
+        out(
             f"  {info.protocol}: {info.chunks} chunks in {info.index}"
             f" ({info.chunks_embedded} embedded this run, {info.seconds:.0f} s)"
         )
-    typer.echo("")
-    typer.echo(f"{'protocol':<10}{'mode':<9}{'nDCG@10':>9}{'R@10':>8}{'R@100':>8}{'MRR@10':>8}")
+    out("")
+    out(f"{'protocol':<10}{'mode':<9}{'nDCG@10':>9}{'R@10':>8}{'R@100':>8}{'MRR@10':>8}")
     for r in report.results:
-        typer.echo(
+        out(
             f"{r.protocol:<10}{r.mode:<9}{r.ndcg_at_10:>9.4f}{r.recall_at_10:>8.4f}"
             f"{r.recall_at_100:>8.4f}{r.mrr_at_10:>8.4f}"
         )

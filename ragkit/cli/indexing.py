@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
-from dataclasses import asdict
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,6 +13,7 @@ import typer
 
 from ragkit.cli.common import (
     EXIT_FILES_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_UNHEALTHY,
     AsJson,
     IndexDir,
@@ -19,10 +21,12 @@ from ragkit.cli.common import (
     Verbose,
     app,
     err,
+    out,
+    safe,
     setup_logging,
 )
+from ragkit.shapes import health_json, status_json
 from ragkit.shapes import report_json as _report_json
-from ragkit.shapes import status_json
 
 if TYPE_CHECKING:
     from ragkit.pipeline import IndexReport
@@ -30,26 +34,106 @@ if TYPE_CHECKING:
 
 
 class _ProgressPrinter:
-    """Progress on stderr: a bar while embedding when stderr is a terminal, else a few lines."""
+    """Progress on stderr while scanning, loading and embedding.
+
+    On a terminal one line is rewritten in place (files, bytes, the current file), then a bar
+    while embedding; elsewhere (logs, CI) a few plain lines. ``finish`` ends a line left open.
+    """
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
         self.bar: Any = None
         self.last = 0
+        self.stage = ""
+        self.files = self.files_total = 0
+        self.bytes = 0
+        self.chunks = self.chunks_total = 0
+        self.shown = 0  # width of the line now on screen (terminal only)
+        self.drawn_at = 0.0
+        self.quarter = -1
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage != "embed" or total == 0:
+        self.stage = stage
+        if stage == "scan":
+            self._line("scanning for files…")
+        elif stage == "load":
+            self.files, self.files_total = done, total
+            if not self.tty and done == 1:
+                err(f"checking {total} files…")
+            self._load_line(force=done == total)
+        elif stage == "embed" and total:
+            self.chunks, self.chunks_total = done, total
+            self._embed(done, total)
+
+    def file(self, path: str, size: int) -> None:
+        """A file is being read: show it (terminal) and count its bytes."""
+        self.bytes += size
+        self._load_line(current=path)
+
+    def _load_line(self, current: str = "", *, force: bool = False) -> None:
+        text = f"loading: {self.files}/{self.files_total} files, {_size(self.bytes)}"
+        if self.tty:
+            self._line(f"{text}: {current}" if current else text, force=force)
+        elif self.files_total:
+            quarter = self.files * 4 // self.files_total
+            if quarter > self.quarter and self.files > 1 and self.files_total >= 100:
+                err(f"  {self.files}/{self.files_total} files checked, {_size(self.bytes)} read")
+            self.quarter = quarter
+
+    def _line(self, text: str, *, force: bool = False) -> None:
+        """Rewrite the terminal's progress line, at most ten times a second."""
+        if not self.tty:
             return
+        now = time.monotonic()
+        if not force and now - self.drawn_at < 0.1:
+            return
+        self.drawn_at = now
+        width = shutil.get_terminal_size().columns - 1
+        line = safe(text)[:width]
+        sys.stderr.write("\r" + line + " " * max(0, self.shown - len(line)))
+        sys.stderr.flush()
+        self.shown = len(line)
+
+    def finish(self) -> None:
+        """End the progress line or bar, so what follows starts on its own line."""
+        if self.bar is not None:
+            self.bar.render_finish()
+            self.bar = None
+        elif self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+        self.shown = 0
+
+    def _embed(self, done: int, total: int) -> None:
         if self.tty:
             if self.bar is None:
+                self.finish()
                 self.bar = typer.progressbar(length=total, label="embedding", file=sys.stderr)
                 self.bar.__enter__()
             self.bar.update(done - self.last)
             if done >= total:
                 self.bar.__exit__(None, None, None)
+                self.bar = None
         elif done == 0:
             err(f"embedding {total} chunks…")
         self.last = done
+
+    def kept(self) -> str:
+        """What an interrupted run leaves in the index, in words."""
+        if self.stage == "embed":
+            return (
+                f"all {self.files_total} files are loaded and {self.chunks} of"
+                f" {self.chunks_total} new chunks embedded"
+            )
+        if self.stage == "load":
+            return f"{max(self.files - 1, 0)} of {self.files_total} files checked and kept"
+        if self.stage == "scan":
+            return "nothing had changed yet"
+        return "what was committed before the interrupt is kept"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.0f} kB"
 
 
 @app.command()
@@ -118,25 +202,36 @@ def index(
     from ragkit import pipeline
 
     setup_logging(verbose)
-    report = pipeline.index(
-        path,
-        progress=None if as_json or dry_run else _ProgressPrinter(),
-        wait=wait,
-        dry_run=dry_run,
-        index=index,
-        index_dir=index_dir,
-        embedder=embedder,
-        chunk_tokens=chunk_tokens,
-        chunk_overlap=chunk_overlap,
-        max_file_mb=max_file_mb,
-        include=None if include is None else tuple(include),
-        exclude=None if exclude is None else tuple(exclude),
-        skip_generated=skip_generated,
-        follow_symlinks=follow_symlinks,
-        max_chars_per_file=max_chars_per_file,
-        max_chars_per_page=max_chars_per_page,
-        max_seconds_per_file=max_seconds_per_file,
-    )
+    printer = _ProgressPrinter()
+    try:
+        report = pipeline.index(
+            path,
+            progress=None if as_json or dry_run else printer,
+            on_file=None if as_json or dry_run else printer.file,
+            wait=wait,
+            dry_run=dry_run,
+            index=index,
+            index_dir=index_dir,
+            embedder=embedder,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_file_mb=max_file_mb,
+            include=None if include is None else tuple(include),
+            exclude=None if exclude is None else tuple(exclude),
+            skip_generated=skip_generated,
+            follow_symlinks=follow_symlinks,
+            max_chars_per_file=max_chars_per_file,
+            max_chars_per_page=max_chars_per_page,
+            max_seconds_per_file=max_seconds_per_file,
+        )
+    except KeyboardInterrupt:
+        printer.finish()
+        err(
+            f"ragkit: interrupted: {printer.kept()};"
+            " run the same command again to finish (nothing kept is redone)"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    printer.finish()
     if as_json:
         typer.echo(json.dumps(_report_json(report), indent=2, ensure_ascii=False))
     elif dry_run:
@@ -183,7 +278,7 @@ def _print_estimate(report: IndexReport) -> None:
         err(f"would fail: {item.path}: {item.reason}")
     files = len(report.added) + len(report.changed)
     cost = f"${report.cost_usd:.4f}" if report.cost_usd is not None else "unknown (no price known)"
-    typer.echo(
+    out(
         f"dry run for {report.index} [{report.embedder}]: {files} files to embed"
         f" ({len(report.added)} new, {len(report.changed)} changed),"
         f" {len(report.removed)} to remove, {len(report.moved)} moved,"
@@ -230,7 +325,7 @@ def status(
         ),
     ]
     for key, value in rows:
-        typer.echo(f"{key:>16}: {value}")
+        out(f"{key:>16}: {value}")
 
 
 @app.command()
@@ -252,9 +347,7 @@ def doctor(
     setup_logging(verbose)
     report = pipeline.doctor(index=index, index_dir=index_dir, repair=repair, wait=wait)
     if as_json:
-        data = asdict(report)
-        data["ok"] = report.ok
-        typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(health_json(report), indent=2, ensure_ascii=False))
     else:
         _print_health(report, repair=repair)
     if not report.ok:
@@ -263,15 +356,15 @@ def doctor(
 
 def _print_health(report: HealthReport, *, repair: bool) -> None:
     faiss = "no readable" if report.faiss_vectors is None else f"{report.faiss_vectors} in the"
-    typer.echo(
+    out(
         f"{report.index}: {report.documents} documents, {report.chunks} chunks,"
         f" {report.vectors} vectors in SQLite, {faiss} FAISS file"
     )
     for action in report.repaired:
-        typer.echo(f"repaired: {action}")
+        out(f"repaired: {action}")
     for problem in report.problems:
-        typer.echo(f"problem [{problem.code}]: {problem.detail}")
+        out(f"problem [{problem.code}]: {problem.detail}")
         hint = "--repair will" if problem.repairable and not repair else "to fix"
-        typer.echo(f"    {hint}: {problem.fix}")
+        out(f"    {hint}: {problem.fix}")
     if report.ok:
-        typer.echo("healthy: FAISS agrees with SQLite; manifest, rows and keyword index are sound")
+        out("healthy: FAISS agrees with SQLite; manifest, rows and keyword index are sound")

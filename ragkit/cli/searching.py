@@ -24,6 +24,7 @@ from ragkit.cli.common import (
     Verbose,
     app,
     err,
+    out,
     setup_logging,
 )
 
@@ -89,9 +90,9 @@ def search(
         err("no passages found")
     for hit in hits:
         heading = f" § {hit.heading}" if hit.heading else ""
-        typer.echo(
+        out(
             f"{hit.rank}. [{_score(settings.mode, hit)}] {hit.path}"
             f" ({_location(hit.page, hit.start_line, hit.end_line, hit.page_label)}){heading}"
         )
-        typer.echo("   " + " ".join(hit.text.split())[:400])
-        typer.echo("")
+        out("   " + " ".join(hit.text.split())[:400])
+        out("")
