@@ -230,6 +230,7 @@ class OpenAIEmbedder:
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Unit vectors for ``texts``, one row each, in order."""
+        spent = 0
         if len(texts) == 1 and self._direct is not None:
             with self._lock:  # once: later calls reuse the SDK client's pooled connection
                 post, self._direct = self._direct, None
@@ -237,8 +238,9 @@ class OpenAIEmbedder:
                 direct = self._embed_directly(post, texts[0])
                 if direct is not None:
                     return direct
+                spent = 1  # the direct request was this text's first try
         out: NDArray[np.float32] | None = None
-        for positions, vectors, _ in self.embed_batches(texts):
+        for positions, vectors, _ in self.embed_batches(texts, attempts_spent=spent):
             if out is None:
                 out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
             out[positions] = vectors
@@ -247,12 +249,13 @@ class OpenAIEmbedder:
         return out
 
     def embed_batches(
-        self, texts: Sequence[str]
+        self, texts: Sequence[str], *, attempts_spent: int = 0
     ) -> Iterator[tuple[NDArray[np.intp], NDArray[np.float32], int]]:
         """Yield (positions, unit vectors, tokens used) for each request as it completes.
 
         Positions index ``texts``; completion order is not input order. A text split into
-        pieces is yielded with the request that completes its last piece.
+        pieces is yielded with the request that completes its last piece. ``attempts_spent``
+        tries were already made elsewhere and count against ``max_retries``.
         """
         pieces = self._pieces(texts)
         parts = np.bincount([p.owner for p in pieces], minlength=len(texts)) if pieces else None
@@ -271,7 +274,7 @@ class OpenAIEmbedder:
                 while queue and failure is None and len(running) < slots:
                     batch = self._take(queue, pieces)
                     work = [pieces[i] for i in batch]
-                    running[pool.submit(self._send, work, stop)] = batch
+                    running[pool.submit(self._send, work, stop, attempts_spent)] = batch
                 if not running:
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -396,12 +399,12 @@ class OpenAIEmbedder:
 
     # -- one request, with retries (runs in a worker thread) ---------------------------------
 
-    def _send(self, work: Sequence[_Piece], stop: threading.Event) -> _Result:
+    def _send(self, work: Sequence[_Piece], stop: threading.Event, spent: int = 0) -> _Result:
         import openai
 
         texts = [p.text for p in work]
         tokens = sum(p.tokens for p in work)
-        attempt = 0
+        attempt = spent  # tries already made elsewhere (the direct request of a cold query)
         while True:
             ticket = self._pacer.acquire(tokens, stop)
             self._count(requests=1)
