@@ -56,13 +56,19 @@ def register_embedder(provider: str, factory: EmbedderFactory) -> None:
 
 def _local(model: str | None, options: Mapping[str, Any]) -> Embedder:
     from ragkit.embedders.local import LocalEmbedder
+    from ragkit.embedders.local_onnx import OnnxLocalEmbedder
     from ragkit.errors import ConfigError
 
-    if model not in (None, LocalEmbedder.model):
-        raise ConfigError(
-            f"unknown local model {model!r}: the local embedder runs {LocalEmbedder.model}"
-        )
-    return LocalEmbedder(batch_size=int(options.get("batch_size", 32)))
+    batch_size = int(options.get("batch_size", 32))
+    # Each model name is one set of vectors: the int8 graph (default) or the float32 reference.
+    if model in (None, OnnxLocalEmbedder.model):
+        return OnnxLocalEmbedder(batch_size=batch_size)
+    if model == LocalEmbedder.model:
+        return LocalEmbedder(batch_size=batch_size)
+    raise ConfigError(
+        f"unknown local model {model!r}: use local:{OnnxLocalEmbedder.model} (int8, the default)"
+        f" or local:{LocalEmbedder.model} (float32 reference)"
+    )
 
 
 def _openai(model: str | None, options: Mapping[str, Any]) -> Embedder:
