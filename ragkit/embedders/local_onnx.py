@@ -138,7 +138,7 @@ class OnnxLocalEmbedder(LocalEmbedder):
 
     def graph_path(self) -> Path:
         """Where this model's built graph is (or will be) cached."""
-        import onnxruntime
+        import onnxruntime  # type: ignore[import-untyped]
 
         weights = self._model_file("model.safetensors")
         digest = _weights_digest(weights, self.cache_dir)
@@ -154,17 +154,23 @@ class OnnxLocalEmbedder(LocalEmbedder):
 
     def _open_session(self) -> Any:
         import onnxruntime as ort
+        from onnxruntime.capi.onnxruntime_pybind11_state import (  # type: ignore[import-untyped]
+            Fail,
+            InvalidGraph,
+            InvalidProtobuf,
+        )
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # ORT's own warnings go to stderr, not to logging
         providers = ["CPUExecutionProvider"]
+
         path = self.graph_path()
         if path.is_file():
             try:
                 return ort.InferenceSession(str(path), options, providers=providers)
-            except RuntimeError as exc:  # onnxruntime's load errors (truncated, garbled file)
+            except (Fail, InvalidGraph, InvalidProtobuf) as exc:  # a truncated or garbled file
                 logger.warning("cached graph %s is unreadable (%s): rebuilding it", path, exc)
         data = _build(self.model_dir)
         _write_atomically(path, data)

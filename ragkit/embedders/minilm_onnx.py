@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -64,7 +64,7 @@ def build_graph(safetensors_path: Path, *, row_scaled: tuple[str, ...] = ()) -> 
         inits.append(numpy_helper.from_array(np.array(value, order="C"), name))
         return name
 
-    def node(op: str, inputs: list[str], output: str, **attrs: object) -> str:
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
         nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
 
@@ -181,7 +181,10 @@ def build_graph(safetensors_path: Path, *, row_scaled: tuple[str, ...] = ()) -> 
 def build_int8_graph(model_dir: Path, output: Path) -> None:
     """Write the int8 model to ``output``: dense layers quantized, attention products float32."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import (  # type: ignore[import-untyped]
+        QuantType,
+        quantize_dynamic,
+    )
 
     fp32 = build_graph(model_dir / "model.safetensors", row_scaled=ROW_SCALED)
     attention = [n.name for n in fp32.graph.node if n.name.endswith((".att.qk", ".att.pv"))]
