@@ -181,7 +181,7 @@ def test_end_to_end_offline_with_the_local_model(tmp_path):
     proc = _ragkit("index", str(corpus), "--json", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["embedder"] == "local:all-MiniLM-L6-v2-int8" and report["failed"] == []
+    assert report["embedder"] == "local:all-MiniLM-L6-v2" and report["failed"] == []
     assert any(p.endswith(".pdf") for p in report["added"])
 
     status = json.loads(_ragkit("status", "--json", cwd=tmp_path, env=env).stdout)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,12 +108,16 @@ def test_identity_names_the_int8_model(cache: Path) -> None:
     assert len(keys) == 2  # the embedding cache never hands int8 vectors to a float32 index
 
 
-def test_factory_picks_the_runtime_by_model_name() -> None:
-    assert type(make_embedder("local")) is OnnxLocalEmbedder
-    assert type(make_embedder("local:all-MiniLM-L6-v2-int8")) is OnnxLocalEmbedder
+def test_factory_picks_the_runtime_by_model_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert type(make_embedder("local")) is LocalEmbedder
     assert type(make_embedder("local:all-MiniLM-L6-v2")) is LocalEmbedder
-    with pytest.raises(ConfigError, match="local:all-MiniLM-L6-v2 \\(float32 reference\\)"):
+    assert type(make_embedder("local:all-MiniLM-L6-v2-int8")) is OnnxLocalEmbedder
+    with pytest.raises(ConfigError, match="local:all-MiniLM-L6-v2-int8 \\(int8, needs"):
         make_embedder("local:bert-base")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"pip install 'ragkit\[onnx\]'"):
+        make_embedder("local:all-MiniLM-L6-v2-int8").embed(["hello"])
 
 
 def test_graph_is_cached_and_reused(
@@ -174,38 +180,46 @@ def test_unwritable_cache_still_embeds(
     assert blocker.read_text() == ""
 
 
-def test_float32_index_keeps_its_embedder(
+def hits_text(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def test_each_index_keeps_its_local_model(
     tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An index built by the float32 path (as every index before the int8 default) stays float32."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the default would build here
+    """A float32 index (every index built so far) stays float32; an int8 one stays int8."""
     monkeypatch.setattr(local_onnx, "cache_root", lambda: cache)
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "bikes.txt").write_text("The e-bike battery warranty lasts two years.\n")
     (docs / "bread.txt").write_text("Knead the dough, let it rise, then bake it for an hour.\n")
-    old = Settings.load(index_dir=tmp_path / "indexes", index="old", embedder=None)
-    ragkit.index(docs, old.replace(embedder="local:all-MiniLM-L6-v2"))
-
-    store, embedder = open_index(old)  # the new default settings: no embedder named
-    with store:
-        assert store.manifest.model == "all-MiniLM-L6-v2"
-        assert type(embedder) is LocalEmbedder
-    hits = ragkit.search("battery warranty", old, mode="dense")
-    assert hits[0].path.endswith("bikes.txt") and hits[0].score > 0.5
-    expected = (
-        LocalEmbedder().embed(["battery warranty"])[0]
-        @ LocalEmbedder().embed(["The e-bike battery warranty lasts two years."])[0]
+    old = Settings.load(environ={}, index_dir=tmp_path / "indexes", index="old")
+    assert ragkit.index(docs, old).embedder == "local:all-MiniLM-L6-v2"  # the default
+    new = old.replace(index="new")
+    assert ragkit.index(docs, new, embedder="local:all-MiniLM-L6-v2-int8").embedder == (
+        "local:all-MiniLM-L6-v2-int8"
     )
-    assert abs(hits[0].score - expected) < 1e-4  # float32 query against float32 vectors
 
+    for settings, kind in ((old, LocalEmbedder), (new, OnnxLocalEmbedder)):
+        store, embedder = open_index(settings)  # no embedder named: the index's own
+        with store:
+            assert type(embedder) is kind
+    one = LocalEmbedder().embed(
+        ["battery warranty", "The e-bike battery warranty lasts two years."]
+    )
+    hits = ragkit.search("battery warranty", old, mode="dense")
+    assert hits[0].path.endswith("bikes.txt")
+    assert abs(hits[0].score - float(one[0] @ one[1])) < 1e-4  # float32 query, float32 vectors
+    # int8 vectors depend slightly on their batch: the query alone, the documents together.
+    int8 = OnnxLocalEmbedder(cache_dir=cache)
+    query = int8.embed(["battery warranty"])[0]
+    bikes = int8.embed([hits_text(docs / "bikes.txt"), hits_text(docs / "bread.txt")])[0]
+    hits = ragkit.search("battery warranty", new, mode="dense")
+    assert hits[0].path.endswith("bikes.txt")
+    assert abs(hits[0].score - float(query @ bikes)) < 1e-4  # int8 query, int8 vectors
+
+    # Naming the other model is refused with the reason and the fix, never mixed in.
     with pytest.raises(IndexMismatchError, match="built with local:all-MiniLM-L6-v2,"):
         open_index(old.replace(embedder="local:all-MiniLM-L6-v2-int8"))
-
-    new = old.replace(index="new")
-    report = ragkit.index(docs, new)
-    assert report.embedder == "local:all-MiniLM-L6-v2-int8"
-    store, embedder = open_index(new)
-    with store:
-        assert type(embedder) is OnnxLocalEmbedder
-    assert not (tmp_path / "xdg").exists()
+    with pytest.raises(IndexMismatchError, match="built with local:all-MiniLM-L6-v2-int8,"):
+        open_index(new.replace(embedder="local:all-MiniLM-L6-v2"))

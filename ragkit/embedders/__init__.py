@@ -60,14 +60,14 @@ def _local(model: str | None, options: Mapping[str, Any]) -> Embedder:
     from ragkit.errors import ConfigError
 
     batch_size = int(options.get("batch_size", 32))
-    # Each model name is one set of vectors: the int8 graph (default) or the float32 reference.
-    if model in (None, OnnxLocalEmbedder.model):
-        return OnnxLocalEmbedder(batch_size=batch_size)
-    if model == LocalEmbedder.model:
+    # Each model name is one set of vectors: the float32 model (default) or the int8 graph.
+    if model in (None, LocalEmbedder.model):
         return LocalEmbedder(batch_size=batch_size)
+    if model == OnnxLocalEmbedder.model:
+        return OnnxLocalEmbedder(batch_size=batch_size)
     raise ConfigError(
-        f"unknown local model {model!r}: use local:{OnnxLocalEmbedder.model} (int8, the default)"
-        f" or local:{LocalEmbedder.model} (float32 reference)"
+        f"unknown local model {model!r}: use local:{LocalEmbedder.model} (float32, the default)"
+        f" or local:{OnnxLocalEmbedder.model} (int8, needs `pip install 'ragkit[onnx]'`)"
     )
 
 
