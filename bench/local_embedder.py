@@ -1,14 +1,18 @@
-"""Benchmark ragkit's numpy LocalEmbedder against sentence-transformers on the same texts.
+"""Benchmark ragkit's local embedders against sentence-transformers on the same texts.
 
 Reports time to be ready in a fresh process (import + model load + one tiny embed), in-process
-model load time, indexing throughput on synthetic ~200-word chunks (wall-clock chunks/s, and
-chunks per CPU-second of all threads), and single-query latency, for: the numpy runtime as
-shipped (worker threads, single-threaded BLAS), on one thread, and with BLAS threading instead of
-worker threads; sentence-transformers with torch's default threads and with one thread (when
-importable). Then the numpy / sentence-transformers ratios. Runs are interleaved and the best of
---repeats is kept: the machines this runs on are shared and noisy.
+model load time, indexing throughput on synthetic ~200-word chunks (256 word pieces after
+truncation; wall-clock chunks/s, and chunks per CPU-second of all threads), and single-query
+latency, for: the opt-in int8 onnxruntime model (``local:all-MiniLM-L6-v2-int8``), the numpy
+float32 model (``local``, the default) as shipped, on one thread, and with BLAS threading instead of
+worker threads; sentence-transformers float32 with torch's default threads and with one thread
+(when importable). Then the ratios, the cosine of the int8 vectors to the float32 ones (min and
+mean), and cold ``ragkit search`` on the demo corpus with a float32 index vs an int8 one. Runs
+are interleaved and the best of --repeats is kept: the machines this runs on are shared and
+noisy.
 
     python bench/local_embedder.py [--chunks 256] [--repeats 3] [--batch-size 32] [--no-st]
+        [--searches 5]
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import argparse
 import importlib.util
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from ragkit.embedders import local  # noqa: E402
 from ragkit.embedders.local import LocalEmbedder, default_model_dir  # noqa: E402
+from ragkit.embedders.local_onnx import OnnxLocalEmbedder  # noqa: E402
 
 VOCABULARY = """
 the of and to in is that for it as was with be by on not he this are or his from at which but
@@ -85,6 +92,14 @@ LocalEmbedder().embed(["warm up"])
 print(time.perf_counter() - t)
 """
 
+ONNX_READY = """
+import time
+t = time.perf_counter()
+from ragkit.embedders.local_onnx import OnnxLocalEmbedder  # noqa: E402
+OnnxLocalEmbedder().embed(["warm up"])
+print(time.perf_counter() - t)
+"""
+
 ST_READY = """
 import time
 t = time.perf_counter()
@@ -129,12 +144,39 @@ def query_latency_ms(embed: Callable[[list[str]], object], runs: int = 30) -> fl
     return statistics.median(timed(lambda: embed([QUERY])) for _ in range(runs)) * 1000
 
 
+def cold_search_seconds(runs: int) -> dict[str, float]:
+    """Median wall time of a fresh ``ragkit search`` on corpus/, per index kind, interleaved."""
+    work = Path(tempfile.mkdtemp(prefix="ragkit-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RAGKIT_"))}
+    env.update(PYTHONPATH=str(ROOT), RAGKIT_INDEX_DIR=str(work / "indexes"))
+    kinds = {"float32 index (numpy)": "local", "int8 index (onnx)": "local:all-MiniLM-L6-v2-int8"}
+    ragkit = [sys.executable, "-m", "ragkit"]
+    try:
+        for spec in kinds.values():
+            index = ["--index", spec.replace(":", "-")]
+            subprocess.run(
+                ragkit + ["index", str(ROOT / "corpus"), "--embedder", spec] + index,
+                env=env, cwd=work, check=True, capture_output=True,
+            )  # fmt: skip
+        times: dict[str, list[float]] = {name: [] for name in kinds}
+        for _ in range(runs):
+            for name, spec in kinds.items():
+                query = ["search", "e-bike battery warranty", "--index", spec.replace(":", "-")]
+                started = time.perf_counter()
+                subprocess.run(ragkit + query, env=env, cwd=work, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers")
+    parser.add_argument("--searches", type=int, default=5, help="cold searches per index kind")
     args = parser.parse_args(argv)
 
     have_st = not args.no_st and importlib.util.find_spec("sentence_transformers") is not None
@@ -144,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"cpus usable: {len(os.sched_getaffinity(0))}, numpy {np.__version__}")
     print(f"{len(chunks)} chunks of ~200 words, batch size {args.batch_size}")
 
-    ready = {"numpy": ready_seconds(NUMPY_READY, 3)}
+    int8 = OnnxLocalEmbedder(model_dir, batch_size=args.batch_size)
+    int8.embed(["warm up"])  # builds and caches the graph on the very first run
+    ready = {"int8 onnx": ready_seconds(ONNX_READY, 3), "numpy": ready_seconds(NUMPY_READY, 3)}
     if have_st:
         ready["sentence-transformers"] = ready_seconds(ST_READY, 2)
 
@@ -159,8 +203,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     single = LocalEmbedder(model_dir, batch_size=args.batch_size, threads=1)
     single.embed(["warm up"])
 
-    numpy_default = f"numpy, {local.threads} worker threads (default)"
+    int8_default = f"int8 onnxruntime, {int8.threads} threads"
+    numpy_default = f"numpy float32, {local.threads} worker threads (default)"
     runtimes: dict[str, Callable[[list[str]], object]] = {
+        int8_default: int8.embed,
         numpy_default: local.embed,
         "numpy, 1 thread": single.embed,
         f"numpy, 1 forward pass at a time, BLAS {blas_threads()} threads": blas_threaded(single),
@@ -206,14 +252,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         n = len(chunks)
         print(f"{name:62s} {n / wall[name]:9.1f} {n / cpu[name]:13.1f} {latency[name]:9.1f}")
     print()
+    ours = np.asarray(local.embed(chunks))
+    cosine = (np.asarray(int8.embed(chunks)) * ours).sum(axis=1)
+    print(f"cosine int8 vs float32, same chunks: min {cosine.min():.4f}, mean {cosine.mean():.4f}")
+    print(
+        f"int8 / numpy float32 throughput: {wall[numpy_default] / wall[int8_default]:.2f}"
+        f" (chunks per CPU-second: {cpu[numpy_default] / cpu[int8_default]:.2f})"
+    )
     print(f"numpy model load in process (tokenizer + weights + first embed): {load:.2f} s")
     for name, seconds in ready.items():
         print(f"ready in a fresh process, {name}: {seconds:.2f} s")
     if have_st:
         print(f"sentence-transformers model load in process: {st_load:.2f} s")
         st_single = "sentence-transformers, torch 1 thread"
-        ours = np.asarray(local.embed(chunks))
         theirs = np.asarray(st_embed(chunks))
+        print()
+        print("int8 onnxruntime / sentence-transformers float32:")
+        print(f"  throughput, defaults:           {wall[st_default] / wall[int8_default]:.2f}")
+        print(f"  chunks per CPU-second:          {cpu[st_default] / cpu[int8_default]:.2f}")
         print()
         print("numpy / sentence-transformers:")
         print(f"  throughput, defaults:           {wall[st_default] / wall[numpy_default]:.2f}")
@@ -227,6 +283,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{ready['numpy'] / ready['sentence-transformers']:.2f}"
         )
         print(f"min cosine numpy vs sentence-transformers: {(ours * theirs).sum(axis=1).min():.7f}")
+
+    cold = cold_search_seconds(args.searches)
+    print()
+    for name, seconds in cold.items():
+        print(
+            f"cold `ragkit search` on corpus/, {name}: {seconds:.2f} s (median of {args.searches})"
+        )
+    fp32, q8 = cold.values()
+    print(f"cold search, int8 / float32 index: {q8 / fp32:.2f} (goal <= 1.10)")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def main() -> None:
     import numpy as np
 
     import ragkit
-    from ragkit.embedders.local import LocalEmbedder
+    from ragkit.embedders import make_embedder
     from ragkit.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="ragkit-bench-"))
@@ -98,7 +98,7 @@ def main() -> None:
 
         # 1. Index overhead. The model is loaded once up front and shared by both measurements;
         # the encode is timed before and after the index run, so drift in machine load shows.
-        embedder = LocalEmbedder()
+        embedder = make_embedder("local")  # the model ragkit.index uses for a new index
         embedder.embed(["warm up the model"])
         texts = chunk_texts(work / "docs", settings)
         batch = max(settings.batch_size * 4, 64)  # what the pipeline hands the embedder

@@ -56,13 +56,19 @@ def register_embedder(provider: str, factory: EmbedderFactory) -> None:
 
 def _local(model: str | None, options: Mapping[str, Any]) -> Embedder:
     from ragkit.embedders.local import LocalEmbedder
+    from ragkit.embedders.local_onnx import OnnxLocalEmbedder
     from ragkit.errors import ConfigError
 
-    if model not in (None, LocalEmbedder.model):
-        raise ConfigError(
-            f"unknown local model {model!r}: the local embedder runs {LocalEmbedder.model}"
-        )
-    return LocalEmbedder(batch_size=int(options.get("batch_size", 32)))
+    batch_size = int(options.get("batch_size", 32))
+    # Each model name is one set of vectors: the float32 model (default) or the int8 graph.
+    if model in (None, LocalEmbedder.model):
+        return LocalEmbedder(batch_size=batch_size)
+    if model == OnnxLocalEmbedder.model:
+        return OnnxLocalEmbedder(batch_size=batch_size)
+    raise ConfigError(
+        f"unknown local model {model!r}: use local:{LocalEmbedder.model} (float32, the default)"
+        f" or local:{OnnxLocalEmbedder.model} (int8, needs `pip install 'ragkit[onnx]'`)"
+    )
 
 
 def _openai(model: str | None, options: Mapping[str, Any]) -> Embedder:

@@ -1,0 +1,193 @@
+"""The opt-in offline embedder: all-MiniLM-L6-v2 with int8 dense layers, run by onnxruntime.
+
+Chosen with ``--embedder local:all-MiniLM-L6-v2-int8``; needs ``pip install 'ragkit[onnx]'``.
+
+The ONNX graph is built from the bundled safetensors on first use (see ``minilm_onnx``) and
+cached under ``$XDG_CACHE_HOME/ragkit/onnx`` (default ``~/.cache/ragkit/onnx``), keyed by the
+weights' SHA-256, the onnxruntime version and the graph recipe's version, written atomically,
+and rebuilt when it cannot be loaded. If the cache folder cannot be written, the graph is built
+in memory for the process (a warning is logged) and nothing else changes.
+
+Its vectors are not the float32 model's (cosine ~0.99 to them), so it has its own model name,
+``all-MiniLM-L6-v2-int8``: an index records it, and its embedding cache never mixes the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ragkit.embedders.local import LocalEmbedder
+
+__all__ = ["OnnxLocalEmbedder", "cache_root"]
+
+logger = logging.getLogger(__name__)
+
+# Bump when minilm_onnx builds a different graph: cached graphs of another recipe are ignored.
+RECIPE_VERSION = 1
+_HIDDEN = 384
+
+
+def cache_root() -> Path:
+    """Folder of the built ONNX graphs: ``$XDG_CACHE_HOME/ragkit/onnx`` or ``~/.cache/...``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ragkit" / "onnx"
+
+
+def _weights_digest(weights: Path, root: Path) -> str:
+    """SHA-256 of the weights file, remembered per (path, size, mtime) so it is read once."""
+    stat = weights.stat()
+    stamp = f"{weights.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+    memo = root / f"digest-{hashlib.sha256(stamp).hexdigest()[:32]}.txt"
+    try:
+        known = memo.read_text().strip()
+        if len(known) == 64:
+            return known
+    except OSError:
+        pass
+    sha = hashlib.sha256()
+    with weights.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    digest = sha.hexdigest()
+    _write_atomically(memo, digest.encode())
+    return digest
+
+
+def _write_atomically(path: Path, data: bytes) -> bool:
+    """Write via a temporary file and rename; False (and a warning) if the folder is read-only."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        logger.warning("cannot write %s (%s): the local model's graph is not cached", path, exc)
+        return False
+    return True
+
+
+def _build(model_dir: Path) -> bytes:
+    """The serialized int8 model, built from the safetensors in model_dir."""
+    from ragkit.embedders.minilm_onnx import build_int8_graph
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ragkit-onnx-") as tmp:
+        out = Path(tmp) / "model.onnx"
+        build_int8_graph(model_dir, out)
+        data = out.read_bytes()
+    logger.info("built the int8 ONNX graph in %.1fs", time.perf_counter() - started)
+    return data
+
+
+def _require_onnxruntime() -> None:
+    from ragkit.errors import ConfigError
+
+    for package in ("onnxruntime", "onnx"):
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"the int8 local model needs {package}: run `pip install 'ragkit[onnx]'`,"
+                " or use --embedder local:all-MiniLM-L6-v2"
+            )
+
+
+class OnnxLocalEmbedder(LocalEmbedder):
+    """all-MiniLM-L6-v2 with int8 dense layers on onnxruntime (cosine ~0.99 to float32)."""
+
+    model = "all-MiniLM-L6-v2-int8"
+
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        *,
+        batch_size: int = 32,
+        threads: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        # cache_dir: where built graphs are kept (default: cache_root()).
+        super().__init__(model_dir, batch_size=batch_size, threads=threads)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
+        self._session: Any = None
+        self._session_lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Embed texts as (n, 384) float32 unit rows; inputs past 254 word pieces are truncated."""
+        out = np.empty((len(texts), _HIDDEN), dtype=np.float32)
+        if not texts:
+            return out
+        tokenizer, session = self._encoding_tokenizer(), self._loaded_session()
+        encodings = tokenizer.encode_batch_fast(list(texts))
+        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+        # Batches of similar length waste little on padding; stable, so ties keep input order.
+        order = np.argsort(lengths, kind="stable")
+        for b0 in range(0, len(order), self.batch_size):
+            rows = order[b0 : b0 + self.batch_size]
+            width = int(lengths[rows].max())
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for i, row in enumerate(rows.tolist()):
+                n = int(lengths[row])
+                ids[i, :n] = encodings[row].ids
+                mask[i, :n] = 1
+            (pooled,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            out[rows] = pooled / np.maximum(norms, np.float32(1e-12))
+        return out
+
+    def graph_path(self) -> Path:
+        """Where this model's built graph is (or will be) cached."""
+        _require_onnxruntime()
+        import onnxruntime  # type: ignore[import-untyped]
+
+        weights = self._model_file("model.safetensors")
+        digest = _weights_digest(weights, self.cache_dir)
+        name = f"{self.model}-{digest[:16]}-ort{onnxruntime.__version__}-r{RECIPE_VERSION}.onnx"
+        return self.cache_dir / name
+
+    def _loaded_session(self) -> Any:
+        if self._session is None:
+            with self._session_lock:
+                if self._session is None:
+                    self._session = self._open_session()
+        return self._session
+
+    def _open_session(self) -> Any:
+        _require_onnxruntime()
+        import onnxruntime as ort
+        from onnxruntime.capi.onnxruntime_pybind11_state import (  # type: ignore[import-untyped]
+            Fail,
+            InvalidGraph,
+            InvalidProtobuf,
+        )
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # ORT's own warnings go to stderr, not to logging
+        providers = ["CPUExecutionProvider"]
+
+        path = self.graph_path()
+        if path.is_file():
+            try:
+                return ort.InferenceSession(str(path), options, providers=providers)
+            except (Fail, InvalidGraph, InvalidProtobuf) as exc:  # a truncated or garbled file
+                logger.warning("cached graph %s is unreadable (%s): rebuilding it", path, exc)
+        data = _build(self.model_dir)
+        _write_atomically(path, data)
+        return ort.InferenceSession(data, options, providers=providers)

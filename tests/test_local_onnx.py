@@ -1,0 +1,225 @@
+"""The int8 onnxruntime embedder: close to the float32 reference, cached safely, its own identity."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+import ragkit
+from ragkit.config import Settings
+from ragkit.embedders import Embedder, local_onnx, make_embedder
+from ragkit.embedders.local import LocalEmbedder
+from ragkit.embedders.local_onnx import OnnxLocalEmbedder
+from ragkit.errors import ConfigError, IndexMismatchError
+from ragkit.pipeline import open_index
+from ragkit.store import cache_key
+
+REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding the built graph (built once for the module: it takes seconds)."""
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    OnnxLocalEmbedder(cache_dir=folder).embed(["build the graph"])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def graph_bytes(cache: Path) -> bytes:
+    return OnnxLocalEmbedder(cache_dir=cache).graph_path().read_bytes()
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[list[str], NDArray[np.float32]]:
+    with np.load(REFERENCE) as data:
+        return [str(t) for t in data["texts"]], data["vectors"]
+
+
+@pytest.fixture(scope="module")
+def embedded(cache: Path, reference: tuple[list[str], NDArray[np.float32]]) -> NDArray[np.float32]:
+    return OnnxLocalEmbedder(cache_dir=cache).embed(reference[0])
+
+
+def test_vectors_stay_close_to_the_float32_reference(
+    reference: tuple[list[str], NDArray[np.float32]], embedded: NDArray[np.float32]
+) -> None:
+    texts, expected = reference
+    similarity = (embedded.astype(np.float64) * expected).sum(axis=1)
+    counts = LocalEmbedder().count_tokens(texts)
+    worded = np.array([c >= 8 for c in counts])
+    # Measured: mean 0.992, min 0.979 (whitespace-only texts, whose vector is the mean of
+    # [CLS] and [SEP] alone), min 0.986 over texts of 8 word pieces or more.
+    assert similarity.mean() >= 0.99, similarity
+    assert similarity.min() >= 0.975, similarity
+    assert similarity[worded].min() >= 0.985, similarity[worded]
+    # The bounds can fail: a wrong graph (e.g. padding attended to) is far below them.
+    assert similarity.max() < 0.99999
+
+
+def test_vectors_are_float32_unit_rows_in_input_order(
+    cache: Path, embedded: NDArray[np.float32]
+) -> None:
+    assert embedded.dtype == np.float32 and embedded.shape == (40, 384)
+    np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-5)
+    embedder = OnnxLocalEmbedder(cache_dir=cache, batch_size=3)
+    texts = [f"item {i}: " + "lorem ipsum dolor " * (i * 7 % 23) for i in range(11)]
+    one_by_one = np.vstack([embedder.embed([t]) for t in texts])
+    batched = embedder.embed(texts)
+    similarity = batched @ one_by_one.T
+    # Each row is its own text's vector (not a neighbour's): the int8 activation scale is set per
+    # call, so a text's vector moves slightly with its batch-mates (measured min 0.978).
+    assert (similarity.argmax(axis=1) == np.arange(len(texts))).all()
+    assert np.diag(similarity).min() > 0.97
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_paraphrase_ranks_above_unrelated_sentence(cache: Path) -> None:
+    query, paraphrase, unrelated = OnnxLocalEmbedder(cache_dir=cache).embed(
+        [
+            "How can I bake bread at home?",
+            "What is the way to make homemade bread?",
+            "The central bank raised interest rates again.",
+        ]
+    )
+    assert query @ paraphrase > 0.6 > query @ unrelated
+
+
+def test_identity_names_the_int8_model(cache: Path) -> None:
+    embedder = OnnxLocalEmbedder(cache_dir=cache)
+    assert isinstance(embedder, Embedder)
+    assert (embedder.name, embedder.model, embedder.dimension, embedder.max_tokens) == (
+        "local",
+        "all-MiniLM-L6-v2-int8",
+        384,
+        254,
+    )
+    keys = {
+        cache_key("same text", embedder="local", model=m, dimension=384)
+        for m in (OnnxLocalEmbedder.model, LocalEmbedder.model)
+    }
+    assert len(keys) == 2  # the embedding cache never hands int8 vectors to a float32 index
+
+
+def test_factory_picks_the_runtime_by_model_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert type(make_embedder("local")) is LocalEmbedder
+    assert type(make_embedder("local:all-MiniLM-L6-v2")) is LocalEmbedder
+    assert type(make_embedder("local:all-MiniLM-L6-v2-int8")) is OnnxLocalEmbedder
+    with pytest.raises(ConfigError, match="local:all-MiniLM-L6-v2-int8 \\(int8, needs"):
+        make_embedder("local:bert-base")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"pip install 'ragkit\[onnx\]'"):
+        make_embedder("local:all-MiniLM-L6-v2-int8").embed(["hello"])
+
+
+def test_graph_is_cached_and_reused(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, embedded: NDArray[np.float32]
+) -> None:
+    path = OnnxLocalEmbedder(cache_dir=cache).graph_path()
+    assert path.is_file() and "ort" in path.name and path.parent == cache
+    assert not list(cache.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+    def no_build(model_dir: Path) -> bytes:
+        raise AssertionError("rebuilt a cached graph")
+
+    monkeypatch.setattr(local_onnx, "_build", no_build)
+    again = OnnxLocalEmbedder(cache_dir=cache).embed(["hello world"])
+    assert again.shape == (1, 384)
+
+
+def test_corrupt_cached_graph_is_rebuilt(
+    tmp_path: Path,
+    cache: Path,
+    graph_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    folder = tmp_path / "cache"
+    shutil.copytree(cache, folder)
+    path = OnnxLocalEmbedder(cache_dir=folder).graph_path()
+    path.write_bytes(graph_bytes[: len(graph_bytes) // 3])  # a write cut short
+    builds: list[Path] = []
+
+    def build(model_dir: Path) -> bytes:
+        builds.append(model_dir)
+        return graph_bytes
+
+    monkeypatch.setattr(local_onnx, "_build", build)
+    with caplog.at_level(logging.WARNING, logger="ragkit.embedders.local_onnx"):
+        vectors = OnnxLocalEmbedder(cache_dir=folder).embed(["hello world", "bread"])
+    assert len(builds) == 1 and "unreadable" in caplog.text
+    assert path.read_bytes() == graph_bytes
+    expected = OnnxLocalEmbedder(cache_dir=cache).embed(["hello world", "bread"])
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+def test_unwritable_cache_still_embeds(
+    tmp_path: Path,
+    cache: Path,
+    graph_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A cache path below a regular file cannot be created, whoever runs the test (root too).
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setattr(local_onnx, "_build", lambda model_dir: graph_bytes)
+    with caplog.at_level(logging.WARNING, logger="ragkit.embedders.local_onnx"):
+        vectors = OnnxLocalEmbedder(cache_dir=blocker / "cache").embed(["hello world"])
+    expected = OnnxLocalEmbedder(cache_dir=cache).embed(["hello world"])
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    assert "not cached" in caplog.text
+    assert blocker.read_text() == ""
+
+
+def hits_text(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def test_each_index_keeps_its_local_model(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A float32 index (every index built so far) stays float32; an int8 one stays int8."""
+    monkeypatch.setattr(local_onnx, "cache_root", lambda: cache)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "bikes.txt").write_text("The e-bike battery warranty lasts two years.\n")
+    (docs / "bread.txt").write_text("Knead the dough, let it rise, then bake it for an hour.\n")
+    old = Settings.load(environ={}, index_dir=tmp_path / "indexes", index="old")
+    assert ragkit.index(docs, old).embedder == "local:all-MiniLM-L6-v2"  # the default
+    new = old.replace(index="new")
+    assert ragkit.index(docs, new, embedder="local:all-MiniLM-L6-v2-int8").embedder == (
+        "local:all-MiniLM-L6-v2-int8"
+    )
+
+    for settings, kind in ((old, LocalEmbedder), (new, OnnxLocalEmbedder)):
+        store, embedder = open_index(settings)  # no embedder named: the index's own
+        with store:
+            assert type(embedder) is kind
+    one = LocalEmbedder().embed(
+        ["battery warranty", "The e-bike battery warranty lasts two years."]
+    )
+    hits = ragkit.search("battery warranty", old, mode="dense")
+    assert hits[0].path.endswith("bikes.txt")
+    assert abs(hits[0].score - float(one[0] @ one[1])) < 1e-4  # float32 query, float32 vectors
+    # int8 vectors depend slightly on their batch: the query alone, the documents together.
+    int8 = OnnxLocalEmbedder(cache_dir=cache)
+    query = int8.embed(["battery warranty"])[0]
+    bikes = int8.embed([hits_text(docs / "bikes.txt"), hits_text(docs / "bread.txt")])[0]
+    hits = ragkit.search("battery warranty", new, mode="dense")
+    assert hits[0].path.endswith("bikes.txt")
+    assert abs(hits[0].score - float(query @ bikes)) < 1e-4  # int8 query, int8 vectors
+
+    # Naming the other model is refused with the reason and the fix, never mixed in.
+    with pytest.raises(IndexMismatchError, match="built with local:all-MiniLM-L6-v2,"):
+        open_index(old.replace(embedder="local:all-MiniLM-L6-v2-int8"))
+    with pytest.raises(IndexMismatchError, match="built with local:all-MiniLM-L6-v2-int8,"):
+        open_index(new.replace(embedder="local:all-MiniLM-L6-v2"))
