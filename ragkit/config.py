@@ -83,6 +83,12 @@ class Overrides(TypedDict, total=False):
     azure_api_version: str | None
     azure_deployment: str | None
     batch_size: int | None
+    host: str | None
+    port: int | None
+    token: str | None
+    cors_origin: tuple[str, ...] | None
+    max_k: int | None
+    max_request_bytes: int | None
 
 
 @dataclass(frozen=True)

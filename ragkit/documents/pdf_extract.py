@@ -136,6 +136,8 @@ def space_width_without_a_space_glyph() -> None:
 
 def extract(data: bytes, limits: Limits) -> RawPdf:
     """Read every page's text, stopping with an error when a cap is reached (runs in the worker)."""
+    from pypdf.errors import LimitReachedError
+
     space_width_without_a_space_glyph()
     raw = RawPdf()
     deadline = time.monotonic() + limits.max_seconds_per_file
@@ -171,6 +173,8 @@ def extract(data: bytes, limits: Limits) -> RawPdf:
                     raise
                 except MemoryError:
                     raise _CapReached(out_of_memory()) from None
+                except LimitReachedError as exc:  # pypdf's own guard against bombs
+                    raise _CapReached(pypdf_limit(number, exc)) from None
                 # One bad page should not cost the others; see _open_pdf for the broad except.
                 except Exception as exc:  # noqa: BLE001
                     raw.failures.append(f"page {number} failed: {_reason(exc)}")
@@ -189,6 +193,11 @@ def extract(data: bytes, limits: Limits) -> RawPdf:
             return RawPdf(error=(exc.reason, exc.failed))
     raw.notes = notes
     return raw
+
+
+def pypdf_limit(page: int, exc: Exception) -> str:
+    """The reason given for a PDF whose page ran into one of pypdf's own safety limits."""
+    return f"page {page} is past pypdf's safety limits ({_reason(exc)}): a decompression bomb?"
 
 
 def too_slow(limits: Limits) -> str:

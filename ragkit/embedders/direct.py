@@ -4,11 +4,13 @@ A cold ``ragkit search`` embeds one query, and importing the ``openai`` SDK alon
 on a loaded machine: the first query of an ``OpenAIEmbedder`` goes out through ``urllib``
 instead. Only a clean 200 is used; anything else (an HTTP error, a refused connection, a
 timeout) returns None and the SDK path sends the request again, with its retries and its
-one-line explanations, so errors read exactly as they always did.
+one-line explanations, so errors read exactly as they always did. A failure the SDK path would
+retry (a 5xx, a dropped connection, a timeout) counts as the query's first try.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -20,8 +22,27 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
-# post(texts) -> the response body of a 200, or None
-Post = Callable[[list[str]], "bytes | None"]
+# post(texts) -> (the response body of a 200, or None; why it failed, when the failure is one
+# the SDK path would retry: "HTTP 503", "connection closed by the server: …", "timed out")
+Post = Callable[[list[str]], "tuple[bytes | None, str | None]"]
+
+
+def _retry_reason(exc: BaseException) -> str | None:
+    """Why a request failed, in the SDK path's words, when that path would retry it; else None.
+
+    A refused connection or a 4xx other than 429 is not a try to count: the SDK path makes the
+    real attempt and explains it.
+    """
+    if isinstance(exc, urllib.error.HTTPError):
+        # 429 is left to the SDK path: it reads the rate-limit headers and tells quota apart.
+        return f"HTTP {exc.code}" if exc.code >= 500 else None
+    if isinstance(exc, urllib.error.URLError):
+        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, (http.client.HTTPException, ConnectionResetError, ConnectionAbortedError)):
+        return f"connection closed by the server: {type(exc).__name__}"
+    return None
 
 
 def poster(model: str, *, api_key: str | None, base_url: str | None, timeout: float) -> Post:
@@ -41,18 +62,18 @@ def poster(model: str, *, api_key: str | None, base_url: str | None, timeout: fl
         if os.environ.get(variable):
             headers[header] = os.environ[variable]
 
-    def post(texts: list[str]) -> bytes | None:
+    def post(texts: list[str]) -> tuple[bytes | None, str | None]:
         body = json.dumps({"model": model, "input": texts, "encoding_format": "base64"}).encode()
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 if response.status != 200:
-                    return None
+                    return None, None
                 content: bytes = response.read()
-                return content
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+                return content, None
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             # Not hidden: the SDK path sends the request again and reports what goes wrong.
             log.debug("direct embedding request failed (%s); using the openai SDK", exc)
-            return None
+            return None, _retry_reason(exc)
 
     return post

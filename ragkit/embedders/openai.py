@@ -235,10 +235,23 @@ class OpenAIEmbedder:
             with self._lock:  # once: later calls reuse the SDK client's pooled connection
                 post, self._direct = self._direct, None
             if post is not None:
-                direct = self._embed_directly(post, texts[0])
+                direct, failed = self._embed_directly(post, texts[0])
                 if direct is not None:
                     return direct
-                spent = 1  # the direct request was this text's first try
+                if failed is not None and self.max_retries > 0:
+                    # A failure the SDK path would retry: that was the first try.
+                    spent = 1
+                    delay = backoff(1, self.retry_delay, self.max_retry_delay)
+                    self._count(retries=1)
+                    log.log(
+                        logging.INFO if self.purpose == "embedding" else logging.WARNING,
+                        "%s request failed (%s); retrying (1 of %d) in %.2f s",
+                        self.purpose,
+                        failed,
+                        self.max_retries,
+                        delay,
+                    )
+                    time.sleep(delay)
         out: NDArray[np.float32] | None = None
         for positions, vectors, _ in self.embed_batches(texts, attempts_spent=spent):
             if out is None:
@@ -323,21 +336,26 @@ class OpenAIEmbedder:
             stop.set()
             pool.shutdown(wait=not interrupted, cancel_futures=True)
 
-    def _embed_directly(self, post: Post, text: str) -> NDArray[np.float32] | None:
-        """One short text through ``post``; None sends it through the SDK instead."""
+    def _embed_directly(
+        self, post: Post, text: str
+    ) -> tuple[NDArray[np.float32] | None, str | None]:
+        """One short text through ``post``: its vector, or None and (when the SDK path would
+        retry the failure) what went wrong; the SDK path then sends it again."""
         size = len(text.encode())
         if not text.strip() or size > INPUT_TOKEN_BUDGET:  # bytes bound tokens: no split needed
-            return None
-        content = post([text])
-        if content is None:  # not counted: the SDK path makes (and counts) the real attempt
-            return None
+            return None, None
+        content, failed = post([text])
+        if content is None:
+            if failed is not None:
+                self._count(requests=1)
+            return None, failed
         try:
             result = self._parse(content, 1, size)
         except _Garbled:
-            return None
+            return None, None
         self._count(requests=1)
         self._reached = True
-        return result.vectors
+        return result.vectors, None
 
     # -- packing -----------------------------------------------------------------------------
 
