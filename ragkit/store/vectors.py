@@ -124,6 +124,7 @@ def empty(
     quantizer = faiss.IndexFlatIP(dimension)
     index = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = _KMEANS_ITER
+    index.cp.min_points_per_centroid = 5  # small forced-IVF indexes: no stderr warning
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
 
@@ -196,7 +197,8 @@ def read(folder: Path, dimension: int, *, mapped: bool = False) -> tuple[Any | N
     if not file.is_file():
         return None, f"{FAISS_NAME} is missing"
     faiss = import_faiss()
-    flags = (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mapped else 0
+    # MMAP_IFC maps flat codes and IVF lists in place (adding IO_FLAG_MMAP breaks IVF reads).
+    flags = (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mapped else 0
     try:
         index = faiss.read_index(str(file), flags)
     except RuntimeError as exc:
