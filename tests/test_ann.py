@@ -165,7 +165,7 @@ def test_filtered_ivf_search_returns_k_hits_when_k_match(tmp_path, allowed_count
             _, found = store.search_vectors(queries, 10, allowed=allowed)
         else:  # the IVF path itself, without the exact fallback for few ids
             _, found = vec.search(index, queries, 10, allowed=allowed)
-        for row, q in zip(found, queries, strict=True):
+        for row in found:
             hits = [int(i) for i in row if i >= 0]
             assert len(hits) == min(10, allowed_count)
             assert set(hits) <= set(allowed.tolist())
