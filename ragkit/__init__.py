@@ -1,6 +1,7 @@
 """ragkit: semantic search and cited answers over your documents, offline by default.
 
-The verbs: ``index(path)``, ``search(query)``, ``ask(question)``, ``status()``, ``doctor()``,
+``open()`` returns an ``Index`` an app keeps open for many queries. The verbs: ``index(path)``,
+``search(query)``, ``ask(question)``, ``status()``, ``doctor()``,
 ``evaluate(dataset)``, and the async forms ``aindex``, ``asearch``, ``aask`` (bounded by
 ``max_concurrency``). The parts, for apps that assemble their own pipeline, are importable from
 here too. Names load on first use, so ``import ragkit`` (and ``ragkit --help``) stays instant.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         RagkitError,
     )
     from ragkit.evaluation import EvalReport
+    from ragkit.library import Index, open
     from ragkit.pipeline import (
         IndexReport,
         IndexStatus,
@@ -57,6 +59,8 @@ _EXPORTS = {
     "status": "ragkit.pipeline",
     "doctor": "ragkit.pipeline",
     "evaluate": "ragkit.pipeline",
+    "open": "ragkit.library",
+    "Index": "ragkit.library",
     "EvalReport": "ragkit.evaluation",
     "aask": "ragkit.aio",
     "asearch": "ragkit.aio",
@@ -110,6 +114,7 @@ __all__ = [
     "EvalReport",
     "HealthReport",
     "Hit",
+    "Index",
     "IndexLockedError",
     "IndexMismatchError",
     "IndexNotFoundError",
@@ -138,6 +143,7 @@ __all__ = [
     "index",
     "load_document",
     "make_embedder",
+    "open",
     "search",
     "status",
     "__version__",

@@ -367,7 +367,8 @@ def filters(settings: Settings) -> Filters:
     )
 
 
-def _retrieve(store: Store, embedder: Embedder, query: str, settings: Settings) -> list[Hit]:
+def retrieve_hits(store: Store, embedder: Embedder, query: str, settings: Settings) -> list[Hit]:
+    """The hits for one query on an open store, with the settings' k, mode, filters and MMR."""
     return retrieve(
         store,
         embedder,
@@ -385,14 +386,15 @@ def search(query: str, settings: Settings | None = None, **overrides: Any) -> li
     """The passages that best match ``query`` in the settings' mode, best first.
 
     ``Hit.score`` is the mode's score (cosine, BM25 or fused); ``Hit.dense_score`` is always
-    the cosine.
+    the cosine. Opens the index for this one call: apps that search often use ``ragkit.open``.
     """
     settings = _settings(settings, overrides)
     query = check_query(query)
     filters(settings)  # refuse bad filter values before opening anything
-    store, embedder = open_index(settings)
-    with store:
-        return _retrieve(store, embedder, query, settings)
+    from ragkit.library import Index
+
+    with Index(settings) as idx:
+        return idx.search(query)
 
 
 def ask(
@@ -412,6 +414,25 @@ def ask(
     """
     settings = _settings(settings, overrides)
     question = check_query(question)
+    filters(settings)  # refuse bad filter values before opening anything
+    from ragkit.library import Index
+
+    with Index(settings) as idx:
+        return idx.ask(question, on_text=on_text, history=history)
+
+
+def answer(
+    question: str,
+    settings: Settings,
+    search: Callable[[str], list[Hit]],
+    embedder: Embedder,
+    chat: Callable[[], ChatModel],
+    *,
+    on_text: Callable[[str], None] | None = None,
+    history: Sequence[Turn] = (),
+) -> Answer:
+    """The answer flow on an open index: ``search`` runs one query, ``chat`` gives the model."""
+    question = check_query(question)
     history = fit_history(history, settings.chat_history_tokens)
     use_llm = settings.openai_configured if settings.llm is None else settings.llm
     queries = [question]
@@ -421,11 +442,7 @@ def ask(
     # alone.
     if followup and use_llm:
         queries.append(followup)
-    filters(settings)  # refuse bad filter values before opening anything
-    store, embedder = open_index(settings)
-    with store:
-        found = [_retrieve(store, embedder, q, settings) for q in queries]
-    hits = merge_hits(found, settings.k)
+    hits = merge_hits([search(q) for q in queries], settings.k)
     threshold = settings.abstain_below
     if threshold is None:
         threshold = DEFAULT_ABSTAIN_BELOW.get(embedder.name, 0.3)
@@ -434,7 +451,7 @@ def ask(
     return llm_answer(
         question,
         hits,
-        chat_model(settings),
+        chat(),
         abstain_below=threshold,
         stream=on_text,
         history=history,
@@ -468,26 +485,32 @@ def status(settings: Settings | None = None, **overrides: Any) -> IndexStatus:
     """Where the index is, what built it, what it holds, and whether FAISS agrees with SQLite."""
     settings = _settings(settings, overrides)
     with Store.open(settings.index_path) as store:
-        m = store.manifest
-        counts = store.counts()
-        return IndexStatus(
-            index=settings.index,
-            path=str(settings.index_path),
-            embedder=m.embedder_spec,
-            dimension=m.dimension,
-            source=m.source,
-            documents=counts["documents"],
-            chunks=counts["chunks"],
-            vectors=counts["vectors"],
-            pending_documents=counts["pending_documents"],
-            size_bytes=store.size_on_disk(),
-            created=m.created,
-            updated=m.updated,
-            tokens_embedded=m.tokens_embedded,
-            faiss_generation=m.faiss_generation,
-            faiss_agrees=store.vectors_agree(),
-            vector_index=m.vector_index,
-        )
+        return index_status(store, settings)
+
+
+def index_status(store: Store, settings: Settings) -> IndexStatus:
+    """The status of an open store (its manifest and counts as committed now)."""
+    store.refresh_manifest()
+    m = store.manifest
+    counts = store.counts()
+    return IndexStatus(
+        index=settings.index,
+        path=str(settings.index_path),
+        embedder=m.embedder_spec,
+        dimension=m.dimension,
+        source=m.source,
+        documents=counts["documents"],
+        chunks=counts["chunks"],
+        vectors=counts["vectors"],
+        pending_documents=counts["pending_documents"],
+        size_bytes=store.size_on_disk(),
+        created=m.created,
+        updated=m.updated,
+        tokens_embedded=m.tokens_embedded,
+        faiss_generation=m.faiss_generation,
+        faiss_agrees=store.vectors_agree(),
+        vector_index=m.vector_index,
+    )
 
 
 def evaluate(

@@ -183,12 +183,17 @@ def search(
         filters = dataclasses.replace(filters or Filters(), path=path_glob)
     vector = embedder.embed([query])[0].astype(np.float32)
     depth = max(k, CANDIDATES, 4 * k) if diversify else k
-    ranking = rank(store, query, vector, mode, depth, filters=filters)
-    rows = store.chunks([i for i, _ in ranking])
-    ranking = [(i, s) for i, s in ranking if i in rows]  # rows deleted since FAISS was written
-    if not ranking:
-        return []
-    stored = store.vectors([i for i, _ in ranking])
+    if mode != "keyword":
+        store.faiss_index()  # loaded (or rebuilt, which may write) before the snapshot begins
+    # Ranking, rows and vectors come from one read transaction, so a writer committing in
+    # between cannot delete a row after it was ranked and before its vector is read.
+    with store.snapshot():
+        ranking = rank(store, query, vector, mode, depth, filters=filters)
+        rows = store.chunks([i for i, _ in ranking])
+        ranking = [(i, s) for i, s in ranking if i in rows]  # deleted since FAISS was written
+        if not ranking:
+            return []
+        stored = store.vectors([i for i, _ in ranking])
     cosines = stored @ vector
     if min_score is not None:
         keep = [j for j in range(len(ranking)) if cosines[j] >= min_score]

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ragkit.errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, RagkitError
+from ragkit.errors import IndexMismatchError, IndexNotFoundError, RagkitError
 from ragkit.filters import Filters
 from ragkit.store import health, keyword, vectors
+from ragkit.store.disk import storage_errors
 from ragkit.store.health import HealthReport
 from ragkit.store.lock import WriteLock
 from ragkit.store.schema import (
@@ -32,6 +33,7 @@ from ragkit.store.schema import (
     migrate,
     needs_migration,
     now,
+    open_db,
     read_manifest,
 )
 
@@ -53,7 +55,9 @@ class Store:
         self.db = db
         self.manifest = manifest
         self._faiss: Any = None
-        self._deleted: NDArray[np.int64] | None = None  # vectors_deleted when _faiss was loaded
+        # vectors_deleted as of SQLite's data_version _deleted_at (None: read it again)
+        self._deleted: NDArray[np.int64] | None = None
+        self._deleted_at: int | None = None
         self._lock = WriteLock(path)
         self._bulk: list[int] | None = None  # [chunks written, chunks per commit] inside bulk()
 
@@ -65,7 +69,7 @@ class Store:
         file = path / DB_NAME
         if not file.is_file():
             return False
-        conn = sqlite3.connect(file, timeout=30.0)
+        conn = open_db(path)
         try:
             # The manifest is written in the transaction that creates the tables, so a database
             # without it is a create that was interrupted: no index yet.
@@ -82,6 +86,11 @@ class Store:
         """Make a new, empty index at ``path`` for vectors of the given embedder."""
         if cls.exists(path):
             raise RagkitError(f"an index already exists at {path}")
+        with storage_errors(path):
+            return cls._create(path, embedder=embedder, model=model, dimension=dimension)
+
+    @classmethod
+    def _create(cls, path: Path, *, embedder: str, model: str, dimension: int) -> Store:
         path.mkdir(parents=True, exist_ok=True)
         db = connect(path)
         stamp = now()
@@ -106,7 +115,8 @@ class Store:
                 )
             conn.executemany("INSERT INTO manifest(key, value) VALUES (?, ?)", values.items())
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             conn.close()
             raise
         conn.execute("COMMIT")
@@ -146,7 +156,7 @@ class Store:
             return
         try:
             self.lock()  # migrates
-        except (IndexLockedError, OSError):
+        except (RagkitError, OSError):  # locked by another writer, or read-only storage
             return
         except sqlite3.OperationalError as exc:  # e.g. a read-only database file
             log.warning("could not update the layout of %s (%s)", self.path, exc)
@@ -173,11 +183,46 @@ class Store:
             )
         self.manifest = read_manifest(self.db, self.path)
 
+    def refresh_manifest(self) -> Manifest:
+        """Re-read the manifest (another process may have committed since it was read)."""
+        self.manifest = read_manifest(self.db, self.path)
+        return self.manifest
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection commits.
+
+        A cheap check (no table is read) that tells a long-lived reader when to look again.
+        """
+        return int(self.db.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: every read inside sees the same committed state.
+
+        Load the FAISS index (``faiss_index()``) before entering: a rebuild may write.
+        """
+        conn = self.db.conn
+        if conn.in_transaction:  # already inside one: it is the snapshot
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def share_vectors(self, index: Any) -> None:
+        """Use an already verified FAISS index (an open ``Index`` shares one between threads)."""
+        self._faiss = index
+
     # -- the write lock ----------------------------------------------------------------------
 
     def lock(self, *, wait: bool = False, timeout: float | None = None) -> None:
         """Take the one-writer lock, or raise IndexLockedError (``wait`` blocks instead)."""
-        if not self._lock.acquire(wait=wait, timeout=timeout):
+        with storage_errors(self.path):  # read-only storage, or no space for the lock file
+            taken = self._lock.acquire(wait=wait, timeout=timeout)
+        if not taken:
             return
         if needs_migration(self.db.conn):  # an index from an earlier release of schema 2
             migrate(self.db.conn)
@@ -193,13 +238,17 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: all of it is committed, or none of it."""
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with storage_errors(self.path):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # SQLite rolls back by itself on some errors (a full disk): a second ROLLBACK
+                # would fail and hide the error that matters.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     # -- documents and chunks ----------------------------------------------------------------
 
@@ -241,12 +290,14 @@ class Store:
     def _write(self, chunks: int = 1) -> Iterator[sqlite3.Connection]:
         """A write transaction of its own, or a share of the open ``bulk()`` one."""
         if self._bulk is None:
+            self._deleted_at = None  # this connection's own writes leave data_version as it is
             with self.transaction() as conn:
                 yield conn
             return
         conn = self.db.conn
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
+        self._deleted_at = None
         yield conn
         self._bulk[0] += chunks
         if self._bulk[0] >= self._bulk[1]:
@@ -585,7 +636,7 @@ class Store:
             conn.execute("DELETE FROM vectors_deleted")
         self.manifest = read_manifest(self.db, self.path)
         self._faiss = index
-        self._deleted = np.zeros(0, dtype=np.int64)
+        self._deleted_at = None
 
     def vectors_agree(self) -> bool:
         """True when the FAISS file holds exactly the chunk ids that SQLite has vectors for."""
@@ -601,12 +652,18 @@ class Store:
         return index
 
     def _deleted_ids(self) -> NDArray[np.int64]:
-        """Ids deleted from SQLite that the FAISS file may still hold."""
+        """Ids deleted from SQLite that the FAISS file may still hold (read again only after a
+        commit: ``PRAGMA data_version`` tells, without reading a table)."""
+        version = self.data_version()
+        if self._deleted is not None and self._deleted_at == version:
+            return self._deleted
         try:
             rows = self.db.conn.execute("SELECT id FROM vectors_deleted").fetchall()
         except sqlite3.OperationalError:  # an index from before the table, not yet migrated
             rows = []
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self._deleted = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self._deleted_at = version
+        return self._deleted
 
     def faiss_index(self) -> Any:
         """The FAISS index, verified against SQLite and brought in line with it if they disagree.
@@ -617,7 +674,6 @@ class Store:
         if self._faiss is not None:
             return self._faiss
         index = self._load_faiss_file()
-        self._deleted = self._deleted_ids()
         if index is not None and not np.array_equal(vectors.faiss_ids(index), self.chunk_ids()):
             log.info("FAISS file and SQLite disagree; bringing vectors in line with SQLite")
             index = self._rebuild_faiss(index)
@@ -633,7 +689,7 @@ class Store:
             return self._updated_faiss(kind)
         try:
             self.lock()
-        except (IndexLockedError, OSError):
+        except (RagkitError, OSError):
             # A writer will save its own; or the index is read-only to us. A stale approximate
             # index serves as it is (deleted ids excluded); a small flat one is rebuilt in memory.
             if stale is not None and vectors.kind_of(stale) == vectors.IVF:
@@ -644,7 +700,7 @@ class Store:
             index = self._updated_faiss(kind)
             try:
                 self._write_faiss(index)
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.Error, RagkitError) as exc:
                 log.warning("could not save the rebuilt %s (%s)", vectors.FAISS_NAME, exc)
             return index
         finally:
@@ -666,7 +722,7 @@ class Store:
             and vectors.kind_of(index) == "ivf"
         ):
             return self._exact(queries, k, allowed)
-        return vectors.search(index, queries, k, allowed=allowed, excluded=self._deleted)
+        return vectors.search(index, queries, k, allowed=allowed, excluded=self._deleted_ids())
 
     def _exact(
         self, queries: NDArray[np.float32], k: int, ids: NDArray[np.int64]
