@@ -318,6 +318,11 @@ def scifact(prebuilt: Path, work: Path, queries: int) -> dict[str, Any]:
     data = ROOT.parent / "shared" / "datasets" / "scifact" / "queries.jsonl"
     texts = [json.loads(line)["text"] for line in data.open()][:queries]
     out: dict[str, Any] = {}
+    from ragkit.store import Store
+
+    with Store.open(work / prebuilt.name) as store:  # BM25 alone, as the retriever asks for it
+        times, _ = timed(lambda q: store.keyword_search(q, 100), texts)
+        out["scifact_bm25_depth100_p50_ms"] = pct(times, 0.5)
     with ragkit.open(index_dir=work, index=prebuilt.name, k=10) as idx:
         idx.search(texts[0])
         for mode in ("keyword", "hybrid", "dense"):
