@@ -319,7 +319,6 @@ def scifact(prebuilt: Path, work: Path, queries: int) -> dict[str, Any]:
     texts = [json.loads(line)["text"] for line in data.open()][:queries]
     out: dict[str, Any] = {}
     from ragkit.store import Store
-
     from ragkit.store.keyword import fts_match
 
     # The query before this change joined every match to its chunk row (and so its vector).
