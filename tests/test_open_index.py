@@ -324,3 +324,13 @@ def test_a_failed_direct_query_is_sent_again_through_the_sdk(openai_index, opena
     openai_server.config.inject(Fault("insufficient_quota", endpoint="embeddings"), times=2)
     with pytest.raises(ragkit.QuotaError):
         ragkit.search("tyre pressure", index_dir=index_dir, **_creds(env))
+
+
+def test_keyword_search_does_not_load_the_vectors(settings, docs):
+    (settings.index_path / "vectors.faiss").unlink()  # a dense query would rebuild and save it
+    with ragkit.open(settings) as idx:
+        assert idx.search("gauge", mode="keyword")[0].path == "tyres.md"
+        assert ragkit.search("gauge", settings, mode="keyword")[0].path == "tyres.md"
+        assert not (settings.index_path / "vectors.faiss").exists()
+        assert idx.search("gauge", mode="dense")
+    assert (settings.index_path / "vectors.faiss").exists()

@@ -362,14 +362,14 @@ class OpenAIEmbedder:
         size = len(text.encode())
         if not text.strip() or size > INPUT_TOKEN_BUDGET:  # bytes bound tokens: no split needed
             return None
-        self._count(requests=1)
         content = post([text])
-        if content is None:
+        if content is None:  # not counted: the SDK path makes (and counts) the real attempt
             return None
         try:
             result = self._parse(content, 1, size)
         except _Garbled:
             return None
+        self._count(requests=1)
         self._reached = True
         return result.vectors
 
