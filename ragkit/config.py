@@ -89,6 +89,7 @@ class Overrides(TypedDict, total=False):
     cors_origin: tuple[str, ...] | None
     max_k: int | None
     max_request_bytes: int | None
+    vector_index: str | None
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,8 @@ class Settings:
     cors_origin: tuple[str, ...] | None = None  # browser origins allowed to call the HTTP API
     max_k: int = 50  # most passages one API or MCP request may ask for
     max_request_bytes: int = 65536  # largest request body the HTTP API accepts
+    # FAISS index kind: "auto" (exact below 50k vectors, IVF above), "flat" (always exact), "ivf"
+    vector_index: str = "auto"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -263,6 +266,8 @@ class Settings:
             raise ConfigError(
                 f"max_request_bytes must be at least 1024 (got {self.max_request_bytes})"
             )
+        if self.vector_index not in ("auto", "flat", "ivf"):
+            raise ConfigError(f"unknown vector_index {self.vector_index!r}: use auto, flat or ivf")
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:

@@ -108,6 +108,7 @@ class IndexStatus:
     faiss_generation: int
     faiss_agrees: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    vector_index: str = "flat"  # the FAISS file's kind: flat (exact) or ivf (approximate)
 
 
 def _selection(settings: Settings, stored: str | None) -> dict[str, Any]:
@@ -285,30 +286,31 @@ def index(
         sync, selection = _folder_sync(root, store.documents(), settings, store)
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         reused = 0
-        for change in sync.changes(note, on_file):
-            if change.kind == "same":
-                store.touch_document(change.path, mtime=change.mtime)
-            elif change.kind == "moved" and change.old_path is not None:
-                store.move_document(change.old_path, change.path, mtime=change.mtime)
-            elif change.doc is not None:
-                doc = change.doc
-                chunks = chunk_document(
-                    doc,
-                    embedder.count_tokens,
-                    max_tokens=max_tokens,
-                    overlap=settings.chunk_overlap,
-                )
-                _, reused_here = store.put_document(
-                    path=doc.path,
-                    sha256=doc.sha256,
-                    size=doc.size,
-                    mtime=doc.mtime,
-                    kind=doc.kind,
-                    pages=len(doc.pages),
-                    warnings=doc.warnings,
-                    chunks=chunks,
-                )
-                reused += reused_here
+        with store.bulk():  # a commit per ~20k chunks, not per document
+            for change in sync.changes(note, on_file):
+                if change.kind == "same":
+                    store.touch_document(change.path, mtime=change.mtime)
+                elif change.kind == "moved" and change.old_path is not None:
+                    store.move_document(change.old_path, change.path, mtime=change.mtime)
+                elif change.doc is not None:
+                    doc = change.doc
+                    chunks = chunk_document(
+                        doc,
+                        embedder.count_tokens,
+                        max_tokens=max_tokens,
+                        overlap=settings.chunk_overlap,
+                    )
+                    _, reused_here = store.put_document(
+                        path=doc.path,
+                        sha256=doc.sha256,
+                        size=doc.size,
+                        mtime=doc.mtime,
+                        kind=doc.kind,
+                        pages=len(doc.pages),
+                        warnings=doc.warnings,
+                        chunks=chunks,
+                    )
+                    reused += reused_here
 
         # 3. Remove what is gone, after the loads above could take over its vectors.
         removed = sync.removed
@@ -348,10 +350,9 @@ def index(
             or removed
             or sync.added
             or sync.changed
-            or store.manifest.faiss_count != counts["vectors"]
-            or not store.vectors_agree()
+            or store.vectors_stale(settings.vector_index)
         ):
-            store.save_vectors()
+            store.save_vectors(settings.vector_index)
         return IndexReport(
             index=str(settings.index_path),
             embedder=store.manifest.embedder_spec,
@@ -626,6 +627,7 @@ def index_status(store: Store, settings: Settings) -> IndexStatus:
         tokens_embedded=m.tokens_embedded,
         faiss_generation=m.faiss_generation,
         faiss_agrees=store.vectors_agree(),
+        vector_index=m.vector_index,
     )
 
 

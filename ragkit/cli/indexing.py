@@ -186,6 +186,13 @@ def index(
     max_seconds_per_file: Annotated[
         float | None, typer.Option(help="Fail a PDF that takes longer to read [default: 120].")
     ] = None,
+    vector_index: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RAGKIT_VECTOR_INDEX",
+            help="auto (exact below 50k vectors, IVF above), flat or ivf [default: auto].",
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for another writer instead of failing.")
     ] = False,
@@ -223,6 +230,7 @@ def index(
             max_chars_per_file=max_chars_per_file,
             max_chars_per_page=max_chars_per_page,
             max_seconds_per_file=max_seconds_per_file,
+            vector_index=vector_index,
         )
     except KeyboardInterrupt:
         printer.finish()
@@ -323,6 +331,7 @@ def status(
             if info.faiss_agrees
             else "FAISS out of date (rebuilt on next use)",
         ),
+        ("vector index", info.vector_index),
     ]
     for key, value in rows:
         out(f"{key:>16}: {value}")
