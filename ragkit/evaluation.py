@@ -213,25 +213,26 @@ def sync_corpus(
     if gone:
         store.remove_documents(gone)
     whole_counts = embedder.count_tokens([b for _, b, _ in todo]) if protocol == "document" else []
-    for n, (doc_id, body, key) in enumerate(todo):
-        note("chunk", n + 1, len(todo))
-        if protocol == "document":
-            chunks = _whole(body, whole_counts[n])
-        else:
-            doc = Document(doc_id, body, "text", key, len(body.encode()), 0.0)
-            chunks = chunk_document(
-                doc, embedder.count_tokens, max_tokens=max_tokens, overlap=chunk_overlap
+    with store.bulk():
+        for n, (doc_id, body, key) in enumerate(todo):
+            note("chunk", n + 1, len(todo))
+            if protocol == "document":
+                chunks = _whole(body, whole_counts[n])
+            else:
+                doc = Document(doc_id, body, "text", key, len(body.encode()), 0.0)
+                chunks = chunk_document(
+                    doc, embedder.count_tokens, max_tokens=max_tokens, overlap=chunk_overlap
+                )
+            store.put_document(
+                path=doc_id,
+                sha256=key,
+                size=len(body.encode()),
+                mtime=0.0,
+                kind="text",
+                pages=0,
+                warnings=(),
+                chunks=chunks,
             )
-        store.put_document(
-            path=doc_id,
-            sha256=key,
-            size=len(body.encode()),
-            mtime=0.0,
-            kind="text",
-            pages=0,
-            warnings=(),
-            chunks=chunks,
-        )
     pending = store.pending()
     # Shortest first: batches of similar length waste no time on padding.
     pending.sort(key=lambda p: p[2])

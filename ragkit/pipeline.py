@@ -208,30 +208,31 @@ def index(
         sync = _folder_sync(root, store.documents(), settings)
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         reused = 0
-        for change in sync.changes(note):
-            if change.kind == "same":
-                store.touch_document(change.path, mtime=change.mtime)
-            elif change.kind == "moved" and change.old_path is not None:
-                store.move_document(change.old_path, change.path, mtime=change.mtime)
-            elif change.doc is not None:
-                doc = change.doc
-                chunks = chunk_document(
-                    doc,
-                    embedder.count_tokens,
-                    max_tokens=max_tokens,
-                    overlap=settings.chunk_overlap,
-                )
-                _, reused_here = store.put_document(
-                    path=doc.path,
-                    sha256=doc.sha256,
-                    size=doc.size,
-                    mtime=doc.mtime,
-                    kind=doc.kind,
-                    pages=len(doc.pages),
-                    warnings=doc.warnings,
-                    chunks=chunks,
-                )
-                reused += reused_here
+        with store.bulk():  # a commit per ~20k chunks, not per document
+            for change in sync.changes(note):
+                if change.kind == "same":
+                    store.touch_document(change.path, mtime=change.mtime)
+                elif change.kind == "moved" and change.old_path is not None:
+                    store.move_document(change.old_path, change.path, mtime=change.mtime)
+                elif change.doc is not None:
+                    doc = change.doc
+                    chunks = chunk_document(
+                        doc,
+                        embedder.count_tokens,
+                        max_tokens=max_tokens,
+                        overlap=settings.chunk_overlap,
+                    )
+                    _, reused_here = store.put_document(
+                        path=doc.path,
+                        sha256=doc.sha256,
+                        size=doc.size,
+                        mtime=doc.mtime,
+                        kind=doc.kind,
+                        pages=len(doc.pages),
+                        warnings=doc.warnings,
+                        chunks=chunks,
+                    )
+                    reused += reused_here
 
         # 3. Remove what is gone, after the loads above could take over its vectors.
         removed = sync.removed

@@ -38,8 +38,9 @@ class Manifest:
     updated: str
     tokens_embedded: int
     faiss_generation: int
-    faiss_count: int
+    faiss_count: int  # live vectors in the FAISS file (deleted ones it still holds excluded)
     source: str = ""  # absolute path of the folder (or file) this index mirrors
+    vector_index: str = "flat"  # the FAISS file's kind: "flat" (exact) or "hnsw" (approximate)
 
     @property
     def embedder_spec(self) -> str:
@@ -80,7 +81,8 @@ class StoredChunk:
     tokens: int
 
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
     id INTEGER PRIMARY KEY,
@@ -129,6 +131,60 @@ CREATE TRIGGER IF NOT EXISTS chunks_au AFTER UPDATE OF text, heading ON chunks B
     INSERT INTO chunks_fts(rowid, text, heading) VALUES (new.id, new.text, new.heading);
 END;
 """
+    + """
+-- Added to schema 2 without a version bump (``migrate`` adds them to older files on open).
+-- Partial indexes: which chunks have vectors and which wait for one, without reading the rows
+-- (a chunk row carries its vector, so scanning chunks reads every vector).
+CREATE INDEX IF NOT EXISTS chunks_with_vector ON chunks(id) WHERE vector IS NOT NULL;
+CREATE INDEX IF NOT EXISTS chunks_pending ON chunks(id) WHERE vector IS NULL;
+-- Ids whose vectors left SQLite but may still be in the FAISS file: searches exclude them, so
+-- an approximate index (which cannot remove) never returns a deleted chunk. Kept by triggers,
+-- in the same transaction as the delete; trimmed when a new FAISS file is written.
+CREATE TABLE IF NOT EXISTS vectors_deleted (id INTEGER PRIMARY KEY);
+CREATE TRIGGER IF NOT EXISTS chunks_vector_ad AFTER DELETE ON chunks
+WHEN old.vector IS NOT NULL BEGIN
+    INSERT OR IGNORE INTO vectors_deleted(id) VALUES (old.id);
+END;
+CREATE TRIGGER IF NOT EXISTS chunks_vector_au AFTER UPDATE OF vector ON chunks
+WHEN old.vector IS NOT NULL AND new.vector IS NULL BEGIN
+    INSERT OR IGNORE INTO vectors_deleted(id) VALUES (old.id);
+END;
+"""
+)
+# The last object SCHEMA creates: a database without it predates the statements above.
+_NEWEST = "chunks_vector_au"
+
+
+def needs_migration(conn: sqlite3.Connection) -> bool:
+    """True when the database lacks objects this version of schema 2 adds."""
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (_NEWEST,)).fetchone()
+    return row is None
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add what ``needs_migration`` finds missing, in one transaction (call under the lock)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _statements(SCHEMA):
+            conn.execute(statement)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """``script`` split into complete SQL statements (triggers hold semicolons of their own)."""
+    out: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending.strip())
+            pending = ""
+    return out
 
 
 # Manifest keys that only keep count or record history, with the value a fresh index has.
@@ -202,4 +258,5 @@ def read_manifest(db: sqlite_utils.Database, path: Path) -> Manifest:
         faiss_generation=int(book("faiss_generation")),
         faiss_count=int(book("faiss_count")),
         source=book("source"),
+        vector_index=str(rows.get("vector_index", "flat")),
     )
