@@ -20,7 +20,7 @@ from ragkit import pipeline
 from ragkit.config import Settings
 from ragkit.errors import ConfigError
 from ragkit.retriever import check_query
-from ragkit.store import Store
+from ragkit.store.protocol import IndexStore
 
 if TYPE_CHECKING:
     from ragkit.answerer import Answer
@@ -56,7 +56,7 @@ class Index:
         self.settings = settings
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._stores: list[Store] = []
+        self._stores: list[IndexStore] = []
         self._chat: ChatModel | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
@@ -185,12 +185,12 @@ class Index:
         settings.validate()
         return settings
 
-    def _store(self) -> Store:
+    def _store(self) -> IndexStore:
         """This thread's connection, after catching up with what other processes committed."""
         self._check_open()
-        store: Store | None = getattr(self._local, "store", None)
+        store: IndexStore | None = getattr(self._local, "store", None)
         if store is None:
-            store = Store.open(self.settings.index_path)
+            store = self.settings.address.open()
             with self._lock:
                 if self._closed:
                     store.close()

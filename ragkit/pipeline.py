@@ -35,7 +35,8 @@ from ragkit.evaluation import evaluate as run_evaluation
 from ragkit.filters import Filters, make_filters
 from ragkit.retriever import MODES, Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
-from ragkit.store import DocumentRow, HealthReport, Problem, Store, cache_key
+from ragkit.store import DocumentRow, HealthReport, Problem, cache_key
+from ragkit.store.protocol import IndexStore
 from ragkit.sync import FolderSync
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,9 @@ def _cost(embedder: Embedder, tokens: int) -> float | None:
     return None if price is None else tokens * price / 1e6
 
 
-def open_index(settings: Settings, *, count_only: bool = False) -> tuple[Store, Embedder]:
+def open_index(settings: Settings, *, count_only: bool = False) -> tuple[IndexStore, Embedder]:
     """The index named by ``settings`` and the embedder it was built with."""
-    store = Store.open(settings.index_path)
+    store = settings.address.open()
     m = store.manifest
     if settings.embedder:
         provider, model = parse_spec(settings.embedder)
@@ -182,13 +183,12 @@ def index(
     if dry_run:
         return _estimate(root, source, settings, started)
 
-    if Store.exists(settings.index_path):
+    if settings.address.exists():
         store, embedder = open_index(settings)
     else:
         spec = settings.embedder or ("openai" if settings.openai_configured else "local")
         embedder = _embedder(spec, settings)
-        store = Store.create(
-            settings.index_path,
+        store = settings.address.create(
             embedder=embedder.name,
             model=embedder.model,
             dimension=embedder.dimension,
@@ -266,7 +266,7 @@ def index(
         ):
             store.save_vectors()
         return IndexReport(
-            index=str(settings.index_path),
+            index=str(settings.address),
             embedder=store.manifest.embedder_spec,
             **sync.summary(),
             chunks_embedded=embedded,
@@ -281,8 +281,8 @@ def index(
 
 def _estimate(root: Path, source: str, settings: Settings, started: float) -> IndexReport:
     """What ``index`` would do (``--dry-run``): load and chunk, but embed and write nothing."""
-    store: Store | None = None
-    if Store.exists(settings.index_path):
+    store: IndexStore | None = None
+    if settings.address.exists():
         store, embedder = open_index(settings, count_only=True)
     else:
         spec = settings.embedder or ("openai" if settings.openai_configured else "local")
@@ -342,7 +342,7 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
         if store is not None:
             store.close()
     return IndexReport(
-        index=str(settings.index_path),
+        index=str(settings.address),
         embedder=f"{embedder.name}:{embedder.model}",
         **sync.summary(),
         chunks_embedded=to_embed,
@@ -367,7 +367,9 @@ def filters(settings: Settings) -> Filters:
     )
 
 
-def retrieve_hits(store: Store, embedder: Embedder, query: str, settings: Settings) -> list[Hit]:
+def retrieve_hits(
+    store: IndexStore, embedder: Embedder, query: str, settings: Settings
+) -> list[Hit]:
     """The hits for one query on an open store, with the settings' k, mode, filters and MMR."""
     return retrieve(
         store,
@@ -484,18 +486,18 @@ def chat_model(settings: Settings) -> ChatModel:
 def status(settings: Settings | None = None, **overrides: Any) -> IndexStatus:
     """Where the index is, what built it, what it holds, and whether FAISS agrees with SQLite."""
     settings = _settings(settings, overrides)
-    with Store.open(settings.index_path) as store:
+    with settings.address.open() as store:
         return index_status(store, settings)
 
 
-def index_status(store: Store, settings: Settings) -> IndexStatus:
+def index_status(store: IndexStore, settings: Settings) -> IndexStatus:
     """The status of an open store (its manifest and counts as committed now)."""
     store.refresh_manifest()
     m = store.manifest
     counts = store.counts()
     return IndexStatus(
         index=settings.index,
-        path=str(settings.index_path),
+        path=str(settings.address),
         embedder=m.embedder_spec,
         dimension=m.dimension,
         source=m.source,
@@ -543,6 +545,7 @@ def evaluate(
         chunk_overlap=settings.chunk_overlap,
         batch_size=max(settings.batch_size * 2, 64),
         progress=progress,
+        store=settings.store,
     )
 
 
@@ -553,10 +556,10 @@ def doctor(
     what can be fixed without the source files. Embedding what is missing is ``index``'s job."""
     settings = _settings(settings, overrides)
     try:
-        store = Store.open(settings.index_path)
+        store = settings.address.open()
     except IndexMismatchError as exc:  # a manifest that names no embedder, or another schema
         return HealthReport(
-            index=str(settings.index_path),
+            index=str(settings.address),
             problems=(Problem("manifest", str(exc), "build a new index", repairable=False),),
         )
     with store:

@@ -16,6 +16,7 @@ from ragkit.cli.common import (
     AsJson,
     IndexDir,
     IndexName,
+    StoreUrl,
     Verbose,
     app,
     err,
@@ -57,6 +58,7 @@ def index(
     path: Annotated[Path, typer.Argument(help="Folder (or file) to index.")],
     index: IndexName = None,
     index_dir: IndexDir = None,
+    store: StoreUrl = None,
     embedder: Annotated[
         str | None,
         typer.Option(
@@ -97,6 +99,7 @@ def index(
         dry_run=dry_run,
         index=index,
         index_dir=index_dir,
+        store=store,
         embedder=embedder,
         chunk_tokens=chunk_tokens,
         chunk_overlap=chunk_overlap,
@@ -162,12 +165,13 @@ def _print_estimate(report: IndexReport) -> None:
 def status(
     index: IndexName = None,
     index_dir: IndexDir = None,
+    store: StoreUrl = None,
     as_json: AsJson = False,
 ) -> None:
     """Show where an index is, what built it, and what it holds."""
     from ragkit import pipeline
 
-    info = pipeline.status(index=index, index_dir=index_dir)
+    info = pipeline.status(index=index, index_dir=index_dir, store=store)
     if as_json:
         typer.echo(json.dumps(asdict(info), indent=2))
         return
@@ -186,7 +190,9 @@ def status(
         ("updated", info.updated),
         (
             "vectors",
-            "FAISS agrees with SQLite"
+            "in PostgreSQL, HNSW-indexed with the rows"
+            if info.path.startswith("postgres")
+            else "FAISS agrees with SQLite"
             if info.faiss_agrees
             else "FAISS out of date (rebuilt on next use)",
         ),
@@ -199,6 +205,7 @@ def status(
 def doctor(
     index: IndexName = None,
     index_dir: IndexDir = None,
+    store: StoreUrl = None,
     repair: Annotated[
         bool, typer.Option("--repair", help="Fix what can be fixed without the source files.")
     ] = False,
@@ -212,7 +219,9 @@ def doctor(
     from ragkit import pipeline
 
     setup_logging(verbose)
-    report = pipeline.doctor(index=index, index_dir=index_dir, repair=repair, wait=wait)
+    report = pipeline.doctor(
+        index=index, index_dir=index_dir, store=store, repair=repair, wait=wait
+    )
     if as_json:
         data = asdict(report)
         data["ok"] = report.ok
@@ -225,9 +234,14 @@ def doctor(
 
 def _print_health(report: HealthReport, *, repair: bool) -> None:
     faiss = "no readable" if report.faiss_vectors is None else f"{report.faiss_vectors} in the"
+    postgres = report.index.startswith("postgres")
     typer.echo(
         f"{report.index}: {report.documents} documents, {report.chunks} chunks,"
-        f" {report.vectors} vectors in SQLite, {faiss} FAISS file"
+        + (
+            f" {report.vectors} vectors in PostgreSQL (HNSW-indexed)"
+            if postgres
+            else f" {report.vectors} vectors in SQLite, {faiss} FAISS file"
+        )
     )
     for action in report.repaired:
         typer.echo(f"repaired: {action}")
@@ -235,5 +249,7 @@ def _print_health(report: HealthReport, *, repair: bool) -> None:
         typer.echo(f"problem [{problem.code}]: {problem.detail}")
         hint = "--repair will" if problem.repairable and not repair else "to fix"
         typer.echo(f"    {hint}: {problem.fix}")
-    if report.ok:
+    if report.ok and postgres:
+        typer.echo("healthy: manifest, rows, vector and keyword indexes are sound")
+    elif report.ok:
         typer.echo("healthy: FAISS agrees with SQLite; manifest, rows and keyword index are sound")
