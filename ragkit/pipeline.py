@@ -36,6 +36,7 @@ from ragkit.filters import Filters, make_filters
 from ragkit.retriever import MODES, Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
 from ragkit.store import DocumentRow, HealthReport, Problem, cache_key
+from ragkit.store.copy import CopyReport
 from ragkit.store.protocol import IndexStore
 from ragkit.sync import FolderSync
 
@@ -547,6 +548,40 @@ def evaluate(
         progress=progress,
         store=settings.store,
     )
+
+
+def copy(
+    to: str | Path,
+    settings: Settings | None = None,
+    *,
+    to_index: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **overrides: Any,
+) -> CopyReport:
+    """Copy the index to ``to`` (a postgresql:// URL, or a folder of indexes) without re-embedding.
+
+    The copy is named ``to_index`` (default: the same name); an index already there is refused.
+    """
+    import dataclasses
+
+    from ragkit.store.address import SCHEMES
+    from ragkit.store.copy import copy_index
+
+    settings = _settings(settings, overrides)
+    target = str(to)
+    url = target.split("://", 1)[0] in SCHEMES
+    there = dataclasses.replace(
+        settings,
+        index=to_index or settings.index,
+        store=target if url else None,
+        index_dir=settings.index_dir if url else Path(target),
+    )
+    there.validate()  # a bad target name or URL is refused before anything is read
+    dest = there.address
+    if str(dest) == str(settings.address):
+        raise ConfigError(f"the copy would replace its source {dest}: give --to-index NAME")
+    with settings.address.open() as source:
+        return copy_index(source, str(settings.address), dest, progress=progress)
 
 
 def doctor(

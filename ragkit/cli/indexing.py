@@ -232,6 +232,37 @@ def doctor(
         raise typer.Exit(EXIT_UNHEALTHY)
 
 
+@app.command()
+def copy(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", help="Where to copy: a postgresql:// URL, or a folder of indexes (SQLite)."
+        ),
+    ],
+    to_index: Annotated[
+        str | None, typer.Option(help="Name of the copy [default: the index's own name].")
+    ] = None,
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    store: StoreUrl = None,
+    as_json: AsJson = False,
+    verbose: Verbose = False,
+) -> None:
+    """Copy an index to another store (folder <-> PostgreSQL) with its vectors: no re-embedding."""
+    from ragkit import pipeline
+
+    setup_logging(verbose)
+    report = pipeline.copy(to, to_index=to_index, index=index, index_dir=index_dir, store=store)
+    if as_json:
+        typer.echo(json.dumps(asdict(report), indent=2))
+        return
+    typer.echo(
+        f"copied {report.source} to {report.target}: {report.documents} documents,"
+        f" {report.chunks} chunks, {report.vectors} vectors (none embedded again)"
+    )
+
+
 def _print_health(report: HealthReport, *, repair: bool) -> None:
     faiss = "no readable" if report.faiss_vectors is None else f"{report.faiss_vectors} in the"
     postgres = report.index.startswith("postgres")
