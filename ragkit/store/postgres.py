@@ -10,7 +10,6 @@ advisory lock, released when the writer's connection ends (its process dies incl
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,12 +18,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ragkit.errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, RagkitError
-from ragkit.filters import Condition, Filters
-from ragkit.store import postgres_health
-from ragkit.store.keyword import STOPWORDS, terms
+from ragkit.filters import Filters
+from ragkit.store import postgres_health, postgres_search
 from ragkit.store.postgres_schema import (
     PG_SCHEMA_VERSION,
-    TEXT_SEARCH_CONFIG,
     connect,
     ddl,
     lock_key,
@@ -38,14 +35,6 @@ if TYPE_CHECKING:
 
     from ragkit.chunking import Chunk
     from ragkit.store.health import HealthReport
-
-# Filtered dense search ranks this many allowed chunks or fewer exactly (a scan of those rows);
-# more go through HNSW, which keeps scanning until k of them pass (pgvector's iterative scan).
-EXACT_FILTERED = 20_000
-_COLUMNS = {"path": "d.path", "kind": "d.kind", "mtime": "d.mtime", "heading": "c.heading"}
-# ts_rank (normalization 1: divided by 1 + log(document length)) ranked SciFact better than
-# ts_rank_cd, whose cover density is built for AND queries; see README "PostgreSQL".
-KEYWORD_RANK = "ts_rank(c.tsv, q, 1)"
 
 
 class PostgresStore:
@@ -492,7 +481,7 @@ class PostgresStore:
         self, *, path_glob: str | None = None, filters: Filters | None = None
     ) -> NDArray[np.int64]:
         """Ids of the chunks that have vectors, optionally only those passing filters or a glob."""
-        where, args = postgres_where(filters, path_glob)
+        where, args = postgres_search.where(filters, path_glob)
         rows = self.conn.execute(
             "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id"
             f" WHERE c.embedding IS NOT NULL AND {where} ORDER BY c.id",
@@ -573,57 +562,14 @@ class PostgresStore:
         self, queries: NDArray[np.float32], k: int, *, allowed: NDArray[np.int64] | None = None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Top-k (cosine, ids) per query through HNSW (exactly, for small allowed sets)."""
-        n = len(queries)
-        scores = np.full((n, max(k, 0)), -np.inf, dtype=np.float32)
-        found = np.full((n, max(k, 0)), -1, dtype=np.int64)
-        if k < 1 or (allowed is not None and len(allowed) == 0):
-            return scores, found
-        exact = allowed is not None and len(allowed) <= EXACT_FILTERED
-        # 0 + distance is not an indexable ORDER BY, so the planner scans the allowed rows.
-        order = "0 + (embedding <=> %b)" if exact else "embedding <=> %b"
-        where = "embedding IS NOT NULL" + (" AND id = ANY(%s)" if allowed is not None else "")
-        sql = (
-            f"SELECT id, 1 - (embedding <=> %b) FROM chunks WHERE {where} ORDER BY {order} LIMIT %s"
-        )
-        with self.snapshot():
-            if not exact:
-                # ef_search bounds how many rows an HNSW scan returns; the iterative scan goes on
-                # past it (and past filtered-out rows) in strict distance order.
-                self.conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(2 * k, 100), 1000)}")
-                self.conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
-            for row, q in enumerate(np.asarray(queries, dtype=np.float32)):
-                args: list[Any] = [q]
-                if allowed is not None:
-                    args.append([int(i) for i in allowed])
-                args += [q, k]
-                result = self.conn.execute(sql, args).fetchall()
-                for j, (chunk_id, score) in enumerate(result):
-                    found[row, j] = int(chunk_id)
-                    scores[row, j] = float(score)
-        return scores, found
+        with self.snapshot():  # SET LOCAL needs a transaction; a search is one anyway
+            return postgres_search.dense(self.conn, queries, k, allowed=allowed)
 
     def keyword_search(
         self, query: str, k: int, *, filters: Filters | None = None
     ) -> list[tuple[int, float]]:
-        """Top-k (chunk id, ts_rank score) for the words of ``query``, best first.
-
-        The query's words (stop words dropped, as for FTS5) are OR-ed into a ``tsquery`` with
-        English stemming; only chunks with vectors are ranked; filters apply before ranking.
-        """
-        words = terms(query)
-        content = [t for t in words if t not in STOPWORDS] or words
-        if not content or k < 1:
-            return []
-        where, args = postgres_where(filters, None)
-        rows = self.conn.execute(
-            f"SELECT c.id, {KEYWORD_RANK} AS r FROM chunks c"
-            f" JOIN documents d ON d.id = c.document_id,"
-            f" to_tsquery('{TEXT_SEARCH_CONFIG}', %s) q"
-            f" WHERE c.tsv @@ q AND c.embedding IS NOT NULL AND {where}"
-            " ORDER BY r DESC, c.id LIMIT %s",
-            [" | ".join(content), *args, k],
-        ).fetchall()
-        return [(int(i), float(score)) for i, score in rows]
+        """Top-k (chunk id, ts_rank score) for the words of ``query``, best first."""
+        return postgres_search.keyword(self.conn, query, k, filters=filters)
 
     # -- health ------------------------------------------------------------------------------
 
@@ -634,62 +580,6 @@ class PostgresStore:
     def repair(self) -> HealthReport:
         """Fix what ``check`` finds that can be fixed without the source files (takes the lock)."""
         return postgres_health.repair(self)
-
-
-def postgres_where(filters: Filters | None, path_glob: str | None) -> tuple[str, list[Any]]:
-    """Filters as a PostgreSQL condition over ``c`` (chunks) and ``d`` (documents)."""
-    clauses: list[str] = []
-    args: list[Any] = []
-    groups = list((filters or Filters()).conditions())
-    if path_glob:
-        groups.append((Condition("path", "glob", path_glob),))
-    for group in groups:
-        either = [_condition(c, args) for c in group]
-        clauses.append("(" + " OR ".join(either) + ")")
-    return (" AND ".join(clauses) or "TRUE"), args
-
-
-def _condition(cond: Condition, args: list[Any]) -> str:
-    column = _COLUMNS[cond.field]
-    if cond.op == "glob":
-        args.append(glob_regex(cond.value))
-        return f"{column} ~ %s"
-    if cond.op == "in":
-        args.append(list(cond.value))
-        return f"{column} = ANY(%s)"
-    if cond.op == "endswith":
-        # A suffix parse_file_types accepted holds no '%' or '_': LIKE needs no escaping.
-        args.append("%" + cond.value)
-        return f"lower({column}) LIKE %s"
-    if cond.op in ("ge", "lt"):
-        args.append(cond.value)
-        return f"{column} {'>=' if cond.op == 'ge' else '<'} %s"
-    if cond.op == "contains":
-        args.append(cond.value)
-        return f"strpos(lower({column}), %s) > 0"
-    raise ValueError(f"unknown filter operator {cond.op!r}")
-
-
-def glob_regex(pattern: str) -> str:
-    """SQLite's GLOB (``*``, ``?``, ``[...]``, ``[^...]``; case-sensitive) as an anchored regex."""
-    out = ["^"]
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        elif ch == "[" and (end := pattern.find("]", i + 2)) != -1:
-            body = pattern[i + 1 : end]
-            negate = body.startswith("^")
-            body = body[1:] if negate else body
-            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
-            i = end
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return "".join(out) + "$"
 
 
 def _has_manifest(conn: psycopg.Connection[Any], index: str) -> bool:

@@ -1,0 +1,141 @@
+"""Search on PostgreSQL: HNSW (pgvector) for dense ranking, tsvector for keywords, SQL filters."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ragkit.filters import Condition, Filters
+from ragkit.store.keyword import STOPWORDS, terms
+from ragkit.store.postgres_schema import TEXT_SEARCH_CONFIG
+
+if TYPE_CHECKING:
+    import psycopg
+
+# Filtered dense search ranks this many allowed chunks or fewer exactly (a scan of those rows);
+# more go through HNSW, which keeps scanning until k of them pass (pgvector's iterative scan).
+EXACT_FILTERED = 20_000
+# Which table alias holds each filterable field: c = chunks, d = documents.
+COLUMNS = {"path": "d.path", "kind": "d.kind", "mtime": "d.mtime", "heading": "c.heading"}
+# ts_rank (normalization 1: divided by 1 + log(document length)); see README "PostgreSQL" for
+# how it compares with ts_rank_cd and with FTS5's BM25.
+KEYWORD_RANK = "ts_rank(c.tsv, q, 1)"
+
+
+def dense(
+    conn: psycopg.Connection[Any],
+    queries: NDArray[np.float32],
+    k: int,
+    *,
+    allowed: NDArray[np.int64] | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Top-k (cosine, ids) per query row; ids -1 pad short results. Call inside a transaction."""
+    n = len(queries)
+    scores = np.full((n, max(k, 0)), -np.inf, dtype=np.float32)
+    found = np.full((n, max(k, 0)), -1, dtype=np.int64)
+    if k < 1 or (allowed is not None and len(allowed) == 0):
+        return scores, found
+    exact = allowed is not None and len(allowed) <= EXACT_FILTERED
+    # 0 + distance is not an indexable ORDER BY, so the planner scans the allowed rows.
+    order = "0 + (embedding <=> %b)" if exact else "embedding <=> %b"
+    where = "embedding IS NOT NULL" + (" AND id = ANY(%s)" if allowed is not None else "")
+    sql = f"SELECT id, 1 - (embedding <=> %b) FROM chunks WHERE {where} ORDER BY {order} LIMIT %s"
+    if not exact:
+        # ef_search bounds how many rows an HNSW scan returns; the iterative scan goes on past
+        # it (and past filtered-out rows) in strict distance order.
+        conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(2 * k, 100), 1000)}")
+        conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+    ids = None if allowed is None else [int(i) for i in allowed]
+    for row, q in enumerate(np.asarray(queries, dtype=np.float32)):
+        args: list[Any] = [q] if ids is None else [q, ids]
+        result = conn.execute(sql, [*args, q, k]).fetchall()
+        for j, (chunk_id, score) in enumerate(result):
+            found[row, j] = int(chunk_id)
+            scores[row, j] = float(score)
+    return scores, found
+
+
+def keyword(
+    conn: psycopg.Connection[Any], query: str, k: int, *, filters: Filters | None = None
+) -> list[tuple[int, float]]:
+    """Top-k (chunk id, ts_rank score) for the words of ``query``, best first.
+
+    The query's words (stop words dropped, as for FTS5) are OR-ed into a ``tsquery`` with
+    English stemming; only chunks with vectors are ranked; filters apply before ranking.
+    """
+    words = terms(query)
+    content = [t for t in words if t not in STOPWORDS] or words
+    if not content or k < 1:
+        return []
+    join = ""
+    condition, args = "TRUE", list[Any]()
+    if filters is not None and filters.active:
+        join = " JOIN documents d ON d.id = c.document_id"
+        condition, args = where(filters, None)
+    rows = conn.execute(
+        f"SELECT c.id, {KEYWORD_RANK} AS r FROM chunks c{join},"
+        f" to_tsquery('{TEXT_SEARCH_CONFIG}', %s) q"
+        f" WHERE c.tsv @@ q AND c.embedding IS NOT NULL AND {condition}"
+        " ORDER BY r DESC, c.id LIMIT %s",
+        [" | ".join(content), *args, k],
+    ).fetchall()
+    return [(int(i), float(score)) for i, score in rows]
+
+
+def where(filters: Filters | None, path_glob: str | None) -> tuple[str, list[Any]]:
+    """Filters as a PostgreSQL condition over ``c`` (chunks) and ``d`` (documents)."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    groups = list((filters or Filters()).conditions())
+    if path_glob:
+        groups.append((Condition("path", "glob", path_glob),))
+    for group in groups:
+        either = [_condition(c, args) for c in group]
+        clauses.append("(" + " OR ".join(either) + ")")
+    return (" AND ".join(clauses) or "TRUE"), args
+
+
+def _condition(cond: Condition, args: list[Any]) -> str:
+    column = COLUMNS[cond.field]
+    if cond.op == "glob":
+        args.append(glob_regex(cond.value))
+        return f"{column} ~ %s"
+    if cond.op == "in":
+        args.append(list(cond.value))
+        return f"{column} = ANY(%s)"
+    if cond.op == "endswith":
+        # A suffix parse_file_types accepted holds no '%' or '_': LIKE needs no escaping.
+        args.append("%" + cond.value)
+        return f"lower({column}) LIKE %s"
+    if cond.op in ("ge", "lt"):
+        args.append(cond.value)
+        return f"{column} {'>=' if cond.op == 'ge' else '<'} %s"
+    if cond.op == "contains":
+        args.append(cond.value)
+        return f"strpos(lower({column}), %s) > 0"
+    raise ValueError(f"unknown filter operator {cond.op!r}")
+
+
+def glob_regex(pattern: str) -> str:
+    """SQLite's GLOB (``*``, ``?``, ``[...]``, ``[^...]``; case-sensitive) as an anchored regex."""
+    out = ["^"]
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end]
+            negate = body.startswith("^")
+            body = body[1:] if negate else body
+            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out) + "$"
