@@ -4,7 +4,8 @@ Each call runs the ordinary synchronous verb in a worker thread. Everything that
 it (HTTP to the chat and embedding APIs, SQLite, FAISS, numpy) releases the GIL, so threads
 overlap as well as coroutines would, and the async answers come from the very same code as the
 sync ones. It is thread-safe because each call opens its own index connection (SQLite
-connections never cross threads) and builds its own embedder and chat client.
+connections never cross threads) and builds its own embedder and chat client. An app making
+many calls keeps an index open instead (``ragkit.open()``) and awaits ``idx.asearch``/``aask``.
 
 The bound: calls go to a thread pool with ``max_concurrency`` workers, one pool per distinct
 value, shared by every event loop in the process; further calls wait their turn in order. A

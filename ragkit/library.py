@@ -49,7 +49,8 @@ class Index:
     query asks SQLite whether anything was committed (``PRAGMA data_version``, no table read),
     and only then re-reads the manifest; the FAISS file is reloaded and checked against SQLite
     when its generation changed, which a writer bumps when its run completes. Until then, dense
-    search ranks with the previous vectors and hits whose rows were deleted are dropped.
+    search ranks with the previous vectors and hits whose rows were deleted are dropped; after
+    a writer was killed, until the next ``ragkit index`` completes (or the Index is reopened).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -63,14 +64,12 @@ class Index:
         store, embedder = pipeline.open_index(settings)
         self._embedder: Embedder = embedder
         self._stores.append(store)
-        try:
-            # Checked against SQLite once here, then again only when a writer saves a new one.
-            self._faiss: Any = store.faiss_index()
-        except BaseException:
-            store.close()
-            raise
-        self._faiss_generation = store.manifest.faiss_generation
+        # Loaded by the first query that ranks by vector (keyword search needs none), checked
+        # against SQLite then, and again only when a writer saves a new generation.
+        self._faiss: Any = None
+        self._faiss_generation = -1
         self._local.store = store
+        self._local.generation = store.manifest.faiss_generation
         self._local.data_version = store.data_version()
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -109,7 +108,8 @@ class Index:
         settings = self._settings(overrides)
         query = check_query(query)
         pipeline.filters(settings)  # refuse bad filter values before reading anything
-        return pipeline.retrieve_hits(self._store(), self._embedder, query, settings)
+        store = self._store(dense=settings.mode != "keyword")
+        return pipeline.retrieve_hits(store, self._embedder, query, settings)
 
     def ask(
         self,
@@ -123,7 +123,7 @@ class Index:
         settings = self._settings(overrides)
         question = check_query(question)
         pipeline.filters(settings)
-        store = self._store()
+        store = self._store(dense=settings.mode != "keyword")
         return pipeline.answer(
             question,
             settings,
@@ -152,7 +152,7 @@ class Index:
 
     def status(self) -> IndexStatus:
         """Where the index is, what built it, what it holds, and whether FAISS agrees."""
-        return pipeline.index_status(self._store(), self.settings)
+        return pipeline.index_status(self._store(dense=False), self.settings)
 
     def index(
         self,
@@ -185,8 +185,9 @@ class Index:
         settings.validate()
         return settings
 
-    def _store(self) -> IndexStore:
-        """This thread's connection, after catching up with what other processes committed."""
+    def _store(self, *, dense: bool = True) -> IndexStore:
+        """This thread's connection, after catching up with what other processes committed;
+        with ``dense``, sharing the FAISS index of the newest saved generation."""
         self._check_open()
         store: IndexStore | None = getattr(self._local, "store", None)
         if store is None:
@@ -199,15 +200,15 @@ class Index:
             self._local.store = store
             self._local.data_version = None
         version = store.data_version()
-        if version != self._local.data_version:
+        if version != self._local.data_version:  # another connection committed something
             self._local.data_version = version
-            generation = store.refresh_manifest().faiss_generation
+            self._local.generation = store.refresh_manifest().faiss_generation
+        if dense and self._local.generation != self._faiss_generation:
             with self._lock:
-                if generation != self._faiss_generation:
-                    # Loaded and checked against SQLite once per saved generation, not per query.
+                if self._local.generation != self._faiss_generation:
                     store.share_vectors(None)
                     self._faiss = store.faiss_index()
-                    self._faiss_generation = generation
+                    self._faiss_generation = self._local.generation
         store.share_vectors(self._faiss)
         return store
 
@@ -236,4 +237,6 @@ def open(settings: Settings | None = None, **overrides: Any) -> Index:  # noqa: 
     Settings are the keyword arguments of the module-level verbs (``index``, ``index_dir``,
     ``k``, ``mode``...); those given here are the defaults of every call on the Index.
     """
-    return Index(pipeline._settings(settings, overrides))
+    resolved = pipeline._settings(settings, overrides)
+    resolved.validate()  # a Settings object plus overrides is checked like keyword arguments
+    return Index(resolved)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -81,6 +82,11 @@ def test_open_takes_keyword_settings_and_refuses_a_missing_index(tmp_path, setti
         assert len(idx.search("brake pads")) == 2
     with pytest.raises(ragkit.IndexNotFoundError):
         ragkit.open(index_dir=tmp_path / "nowhere")
+    # A Settings object plus overrides is validated like keyword arguments (9.5).
+    with pytest.raises(ConfigError, match="k must be at least 1"):
+        ragkit.open(settings, k=0)
+    with pytest.raises(ConfigError, match="bad index name"):
+        ragkit.open(settings, index="../x")
 
 
 def test_async_calls_run_at_most_max_concurrency_at_once(settings, docs):
@@ -130,7 +136,11 @@ def _fds() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
-def test_a_query_on_an_open_index_opens_no_file_and_scans_no_table(settings, docs):
+@pytest.mark.parametrize("embedder", ["bow", "local"])
+def test_a_query_on_an_open_index_opens_no_file_and_scans_no_table(tmp_path, embedder):
+    # The local model reads its tokenizer and weights from files: once, when the Index opens.
+    settings = ragkit.Settings.load(environ={}, index_dir=tmp_path / "indexes", embedder=embedder)
+    ragkit.index(write(tmp_path / "docs", PAGES), settings)
     queries = ["brake pads", "tyre pressure", "battery charging", "saddle height"] * 10
 
     # The one-shot verb opens the database (and more) on every call: the check can fail.
@@ -256,3 +266,71 @@ def test_threads_search_while_another_process_indexes(tmp_path, settings, docs):
             if h.path == str(first[1].relative_to(docs))
         ]
         assert idx.status().faiss_agrees
+
+
+# -- a cold search on an OpenAI-embedded index (9.3) --------------------------------------------
+
+
+@pytest.fixture
+def openai_index(tmp_path, openai_server):
+    root = write(tmp_path / "docs", PAGES)
+    env = {"OPENAI_BASE_URL": openai_server.base_url, "OPENAI_API_KEY": "test"}
+    ragkit.index(root, index_dir=tmp_path / "indexes", embedder="openai", **_creds(env))
+    return tmp_path / "indexes", env
+
+
+def _creds(env: dict[str, str]) -> dict[str, str]:
+    return {"openai_base_url": env["OPENAI_BASE_URL"], "openai_api_key": env["OPENAI_API_KEY"]}
+
+
+def test_a_cold_search_does_not_import_the_openai_sdk(openai_index, openai_server):
+    index_dir, env = openai_index
+    openai_server.reset()
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ragkit", "search", "tyre pressure gauge"]
+        + ["--index-dir", str(index_dir), "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "numpy" in imported and "openai" not in imported
+    assert len(openai_server.requests_for("embeddings")) == 1  # the query, sent once
+    cold = [(h["path"], h["score"]) for h in json.loads(done.stdout)["hits"]]
+
+    # The same query through the SDK (an open Index's later queries) gives the same hits.
+    with ragkit.open(index_dir=index_dir, **_creds(env)) as idx:
+        idx.search("warm up")  # the embedder's first query went the direct way
+        warm = [(h.path, round(h.score, 6)) for h in idx.search("tyre pressure gauge")]
+    assert "openai" in sys.modules
+    assert cold == warm
+
+
+def test_a_failed_direct_query_is_sent_again_through_the_sdk(openai_index, openai_server):
+    from tests.openai_server import Fault
+
+    index_dir, env = openai_index
+    openai_server.reset()
+    openai_server.config.inject(Fault("server_error", endpoint="embeddings"))
+    hits = ragkit.search("gauge", index_dir=index_dir, mode="keyword", **_creds(env))
+    assert hits[0].path == "tyres.md"
+    statuses = [r.status for r in openai_server.requests_for("embeddings")]
+    assert statuses == [500, 200]
+
+    # An error that retrying cannot fix reads exactly as the SDK path explains it.
+    openai_server.reset()
+    openai_server.config.inject(Fault("insufficient_quota", endpoint="embeddings"), times=2)
+    with pytest.raises(ragkit.QuotaError):
+        ragkit.search("tyre pressure", index_dir=index_dir, **_creds(env))
+
+
+def test_keyword_search_does_not_load_the_vectors(settings, docs):
+    (settings.index_path / "vectors.faiss").unlink()  # a dense query would rebuild and save it
+    with ragkit.open(settings) as idx:
+        assert idx.search("gauge", mode="keyword")[0].path == "tyres.md"
+        assert ragkit.search("gauge", settings, mode="keyword")[0].path == "tyres.md"
+        assert not (settings.index_path / "vectors.faiss").exists()
+        assert idx.search("gauge", mode="dense")
+    assert (settings.index_path / "vectors.faiss").exists()

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ragkit.embedders.direct import Post, poster
 from ragkit.embedders.pacing import Pacer, Stopped, backoff, retry_after
 from ragkit.errors import EmbeddingError, RagkitError
 from ragkit.openai_client import check_credentials, error_code, explain, make_client
@@ -229,6 +230,12 @@ class OpenAIEmbedder:
             )
 
         self._connect = connect
+        # The first one-text embed (a cold search's query) need not import the SDK: direct.py.
+        self._direct: Post | None = None
+        if client is None and not azure_endpoint and not count_only:
+            self._direct = poster(
+                self._request_model, api_key=api_key, base_url=base_url, timeout=timeout
+            )
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(model={self.model!r}, concurrency={self.concurrency})"
@@ -260,6 +267,13 @@ class OpenAIEmbedder:
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Unit vectors for ``texts``, one row each, in order."""
+        if len(texts) == 1 and self._direct is not None:
+            with self._lock:  # once: later calls reuse the SDK client's pooled connection
+                post, self._direct = self._direct, None
+            if post is not None:
+                direct = self._embed_directly(post, texts[0])
+                if direct is not None:
+                    return direct
         out: NDArray[np.float32] | None = None
         for positions, vectors, _ in self.embed_batches(texts):
             if out is None:
@@ -342,6 +356,22 @@ class OpenAIEmbedder:
         finally:
             stop.set()
             pool.shutdown(wait=not interrupted, cancel_futures=True)
+
+    def _embed_directly(self, post: Post, text: str) -> NDArray[np.float32] | None:
+        """One short text through ``post``; None sends it through the SDK instead."""
+        size = len(text.encode())
+        if not text.strip() or size > INPUT_TOKEN_BUDGET:  # bytes bound tokens: no split needed
+            return None
+        content = post([text])
+        if content is None:  # not counted: the SDK path makes (and counts) the real attempt
+            return None
+        try:
+            result = self._parse(content, 1, size)
+        except _Garbled:
+            return None
+        self._count(requests=1)
+        self._reached = True
+        return result.vectors
 
     # -- packing -----------------------------------------------------------------------------
 

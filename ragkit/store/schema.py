@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import shlex
 import sqlite3
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragkit.errors import IndexMismatchError
+from ragkit.store.disk import writable
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -211,16 +213,38 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def read_only(path: Path) -> bool:
+    """True when the index folder at ``path`` (or its database) cannot be written by us."""
+    file = path / DB_NAME
+    return not writable(path) or (file.exists() and not os.access(file, os.W_OK))
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    """A connection to the database at ``path``: read-write, or read-only on read-only storage."""
+    file = path / DB_NAME
+    # Not bound to the opening thread: an open Index gives each thread its own Store, and
+    # closes them all from whichever thread calls close().
+    if not read_only(path):
+        return sqlite3.connect(file, timeout=30.0, isolation_level=None, check_same_thread=False)
+    # WAL readers need a -shm file that read-only storage cannot hold: with no commits waiting
+    # in a -wal file, the database file alone is the whole index, and nobody can change it
+    # there, so it is opened immutable; otherwise read-only through the existing -wal/-shm.
+    wal = file.with_name(DB_NAME + "-wal")
+    mode = "mode=ro" if wal.is_file() and wal.stat().st_size else "immutable=1"
+    uri = f"{file.resolve().as_uri()}?{mode}"
+    return sqlite3.connect(
+        uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+    )
+
+
 def connect(path: Path) -> sqlite_utils.Database:
     """The index database at ``path`` in WAL mode, autocommit (writes use BEGIN IMMEDIATE)."""
     import sqlite_utils
 
-    # Not bound to the opening thread: an open Index gives each thread its own Store, and
-    # closes them all from whichever thread calls close().
-    conn = sqlite3.connect(
-        path / DB_NAME, timeout=30.0, isolation_level=None, check_same_thread=False
-    )
+    conn = open_db(path)
     db = sqlite_utils.Database(conn)
+    if read_only(path):
+        return db
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ragkit.errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, RagkitError
+from ragkit.errors import IndexMismatchError, IndexNotFoundError, RagkitError
 from ragkit.filters import Filters
 from ragkit.store import health, keyword, vectors
+from ragkit.store.disk import storage_errors
 from ragkit.store.health import HealthReport
 from ragkit.store.lock import WriteLock
 from ragkit.store.schema import (
@@ -32,6 +33,7 @@ from ragkit.store.schema import (
     migrate,
     needs_migration,
     now,
+    open_db,
     read_manifest,
 )
 from ragkit.store.where import sqlite_where
@@ -64,7 +66,7 @@ class Store:
         file = path / DB_NAME
         if not file.is_file():
             return False
-        conn = sqlite3.connect(file, timeout=30.0)
+        conn = open_db(path)
         try:
             # The manifest is written in the transaction that creates the tables, so a database
             # without it is a create that was interrupted: no index yet.
@@ -81,6 +83,11 @@ class Store:
         """Make a new, empty index at ``path`` for vectors of the given embedder."""
         if cls.exists(path):
             raise RagkitError(f"an index already exists at {path}")
+        with storage_errors(path):
+            return cls._create(path, embedder=embedder, model=model, dimension=dimension)
+
+    @classmethod
+    def _create(cls, path: Path, *, embedder: str, model: str, dimension: int) -> Store:
         path.mkdir(parents=True, exist_ok=True)
         db = connect(path)
         stamp = now()
@@ -105,7 +112,8 @@ class Store:
                 )
             conn.executemany("INSERT INTO manifest(key, value) VALUES (?, ?)", values.items())
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             conn.close()
             raise
         conn.execute("COMMIT")
@@ -214,7 +222,9 @@ class Store:
 
     def lock(self, *, wait: bool = False, timeout: float | None = None) -> None:
         """Take the one-writer lock, or raise IndexLockedError (``wait`` blocks instead)."""
-        if not self._lock.acquire(wait=wait, timeout=timeout):
+        with storage_errors(self.path):  # read-only storage, or no space for the lock file
+            taken = self._lock.acquire(wait=wait, timeout=timeout)
+        if not taken:
             return
         # Another writer may have finished while this one waited: start from what it left.
         self.manifest = read_manifest(self.db, self.path)
@@ -228,13 +238,17 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: all of it is committed, or none of it."""
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with storage_errors(self.path):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # SQLite rolls back by itself on some errors (a full disk): a second ROLLBACK
+                # would fail and hide the error that matters.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     # -- documents and chunks ----------------------------------------------------------------
 
@@ -592,7 +606,7 @@ class Store:
             return self._build_faiss()
         try:
             self.lock()
-        except (IndexLockedError, OSError):
+        except (RagkitError, OSError):
             # A writer will save its own; or the index is read-only to us. Build in memory.
             return self._build_faiss()
         try:
@@ -600,7 +614,7 @@ class Store:
             index = self._build_faiss()
             try:
                 self._write_faiss(index)
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.Error, RagkitError) as exc:
                 log.warning("could not save the rebuilt %s (%s)", vectors.FAISS_NAME, exc)
             return index
         finally:

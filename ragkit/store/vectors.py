@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ragkit.store.disk import storage_errors
+
 FAISS_NAME = "vectors.faiss"
 TMP_GLOB = f".{FAISS_NAME}.*.tmp"
 _FAISS_THREADS = threading.Lock()
@@ -55,10 +57,15 @@ def write(folder: Path, index: Any) -> None:
         stale.unlink(missing_ok=True)
     final = folder / FAISS_NAME
     tmp = folder / f".{FAISS_NAME}.{os.getpid()}.tmp"
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    replace(tmp, final)
+    with storage_errors(folder):
+        try:
+            faiss.write_index(index, str(tmp))
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written file
+            raise
 
 
 def replace(tmp: Path, final: Path) -> None:
