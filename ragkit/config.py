@@ -84,6 +84,8 @@ class Settings:
     azure_api_version: str | None = None  # also OPENAI_API_VERSION
     azure_deployment: str | None = None  # embedding deployment name [default: the model name]
     batch_size: int = 32  # texts per local embedding batch
+    # FAISS index kind: "auto" (exact below 50k vectors, IVF above), "flat" (always exact), "ivf"
+    vector_index: str = "auto"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -178,6 +180,8 @@ class Settings:
             )
         if self.max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1 (got {self.max_concurrency})")
+        if self.vector_index not in ("auto", "flat", "ivf"):
+            raise ConfigError(f"unknown vector_index {self.vector_index!r}: use auto, flat or ivf")
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:

@@ -95,6 +95,7 @@ class IndexStatus:
     faiss_generation: int
     faiss_agrees: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    vector_index: str = "flat"  # the FAISS file's kind: flat (exact) or ivf (approximate)
 
 
 def _folder_sync(root: Path, known: dict[str, DocumentRow], settings: Settings) -> FolderSync:
@@ -262,10 +263,9 @@ def index(
             or removed
             or sync.added
             or sync.changed
-            or store.manifest.faiss_count != counts["vectors"]
-            or not store.vectors_agree()
+            or store.vectors_stale(settings.vector_index)
         ):
-            store.save_vectors()
+            store.save_vectors(settings.vector_index)
         return IndexReport(
             index=str(settings.address),
             embedder=store.manifest.embedder_spec,
@@ -512,6 +512,7 @@ def index_status(store: IndexStore, settings: Settings) -> IndexStatus:
         tokens_embedded=m.tokens_embedded,
         faiss_generation=m.faiss_generation,
         faiss_agrees=store.vectors_agree(),
+        vector_index=m.vector_index,
     )
 
 

@@ -76,6 +76,13 @@ def index(
         float | None,
         typer.Option(envvar="RAGKIT_MAX_FILE_MB", help="Skip larger files [default: 50]."),
     ] = None,
+    vector_index: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RAGKIT_VECTOR_INDEX",
+            help="auto (exact below 50k vectors, IVF above), flat or ivf [default: auto].",
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for another writer instead of failing.")
     ] = False,
@@ -104,6 +111,7 @@ def index(
         chunk_tokens=chunk_tokens,
         chunk_overlap=chunk_overlap,
         max_file_mb=max_file_mb,
+        vector_index=vector_index,
     )
     if as_json:
         typer.echo(json.dumps(_report_json(report), indent=2, ensure_ascii=False))
@@ -196,6 +204,7 @@ def status(
             if info.faiss_agrees
             else "FAISS out of date (rebuilt on next use)",
         ),
+        ("vector index", info.vector_index),
     ]
     for key, value in rows:
         typer.echo(f"{key:>16}: {value}")

@@ -103,6 +103,13 @@ def check(store: Store) -> HealthReport:
                 f" it holds {index.ntotal}",
                 "rebuild the FAISS file and record its count",
             )
+        elif (kind := vectors.kind_of(index)) != store.manifest.vector_index:
+            found(
+                "faiss-count",
+                f"the manifest says {FAISS_NAME} is a {store.manifest.vector_index} index,"
+                f" it is {kind}",
+                "rebuild the FAISS file and record its kind",
+            )
     if temps := vectors.temp_files(store.path):
         found(
             "temp-files",
@@ -176,12 +183,14 @@ def _bad_bookkeeping(store: Store) -> list[str]:
 
 
 def _faiss_vectors_differ(store: Store, index: Any) -> int:
-    """How many vectors in ``index`` are not bit-for-bit those SQLite holds for their ids."""
-    faiss = vectors.import_faiss()
+    """How many vectors in ``index`` are not bit-for-bit those SQLite holds for their ids.
+
+    Both kinds keep full vectors (IndexFlat storage, IVF-Flat list codes), so the comparison
+    is exact for the approximate index too; only its lists' assignment is not checked.
+    """
     if index.ntotal == 0 or store.wrong_size_vectors():
         return 0
-    order = faiss.vector_to_array(index.id_map).astype(np.int64)
-    held = index.index.reconstruct_n(0, index.ntotal)
+    order, held = vectors.held_vectors(index)
     ids, stored = store.all_vectors()  # sorted by id, the same set as `order`
     mine = stored[np.searchsorted(ids, order)]
     return int(np.count_nonzero(np.any(held != mine, axis=1)))
@@ -234,7 +243,7 @@ def repair(store: Store) -> HealthReport:
             conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
             done.append("rebuilt the keyword index")
     if done or before & {"faiss", "faiss-count", "temp-files"}:
-        store.save_vectors()  # also deletes temporary files
+        store.save_vectors(rebuild=True)  # also deletes temporary files
         done.append(f"rebuilt {FAISS_NAME} from SQLite ({store.manifest.faiss_count} vectors)")
     after = check(store)
     return dataclasses.replace(after, repaired=tuple(done))

@@ -55,15 +55,22 @@ def keyword_search(
     filters = filters or Filters()
     if not filters.active:
         # No join: reading a chunk row reads its vector too (1.5 KB at 384 dims), which doubled
-        # the time of a query matching half the corpus. Chunks without vectors are the few an
-        # index run has yet to embed, found through the partial index chunks_pending.
-        rows = conn.execute(
-            "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?"
-            " AND rowid NOT IN (SELECT id FROM chunks WHERE vector IS NULL)"
-            " ORDER BY bm25(chunks_fts) LIMIT ?",
-            [match, k],
-        ).fetchall()
-        return [(int(i), -float(score)) for i, score in rows]
+        # the time of a query matching half the corpus. Chunks without vectors (the few an
+        # index run has yet to embed) are looked up in the partial index chunks_pending,
+        # which is named so the planner cannot pick the row itself instead.
+        try:
+            rows = conn.execute(
+                "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?"
+                " AND NOT EXISTS (SELECT 1 FROM chunks INDEXED BY chunks_pending"
+                " WHERE id = chunks_fts.rowid AND vector IS NULL)"
+                " ORDER BY bm25(chunks_fts) LIMIT ?",
+                [match, k],
+            ).fetchall()
+            return [(int(i), -float(score)) for i, score in rows]
+        except sqlite3.OperationalError as exc:
+            if "chunks_pending" not in str(exc):
+                raise
+            # An index from before chunks_pending, on storage too read-only to migrate it.
     where, args = sqlite_where(filters)
     rows = conn.execute(
         "SELECT chunks_fts.rowid, bm25(chunks_fts) FROM chunks_fts"

@@ -580,8 +580,11 @@ class PostgresStore:
             self.conn.execute(f"SET LOCAL maintenance_work_mem = '{HNSW_BUILD_MEMORY}'")
             self.conn.execute(expected_indexes(self.manifest.dimension)["chunks_embedding"])
 
-    def save_vectors(self) -> int:
-        """Build the HNSW index if a bulk load dropped it; record a new generation."""
+    def save_vectors(self, vector_index: str | None = None, *, rebuild: bool = False) -> int:
+        """Build the HNSW index if a bulk load dropped it (``rebuild``: build it anew); record a
+        new generation. ``vector_index`` is for FAISS files: PostgreSQL keeps HNSW."""
+        if rebuild and self._hnsw_present() and self.manifest.dimension <= HNSW_MAX_DIMENSION:
+            self.conn.execute("DROP INDEX IF EXISTS chunks_embedding")
         self.build_hnsw()
         self._deferred = None
         counts = self.counts()
@@ -597,6 +600,10 @@ class PostgresStore:
             )
         self.refresh_manifest()
         return generation
+
+    def vectors_stale(self, vector_index: str) -> bool:
+        """True when a bulk load left the HNSW index unbuilt, or the recorded count lags."""
+        return self.manifest.faiss_count != self.counts()["vectors"] or not self._hnsw_present()
 
     def vectors_agree(self) -> bool:
         """True unless the HNSW index is missing (PostgreSQL keeps it in step with the rows)."""

@@ -119,8 +119,15 @@ class IndexStore(Protocol):
     ) -> NDArray[np.int64]:
         """Ids of the chunks that have vectors (those passing ``filters``), ascending."""
 
-    def save_vectors(self) -> int:
-        """Bring the search structure in line with the stored vectors; returns its generation."""
+    def save_vectors(self, vector_index: str | None = None, *, rebuild: bool = False) -> int:
+        """Bring the search structure in line with the stored vectors; returns its generation.
+
+        ``vector_index`` (auto, flat, ivf) is the kind a store of FAISS files builds; a store
+        whose engine keeps its own index (PostgreSQL's HNSW) takes and ignores it.
+        """
+
+    def vectors_stale(self, vector_index: str) -> bool:
+        """True when the search structure lags the stored vectors (``save_vectors`` mends it)."""
 
     def vectors_agree(self) -> bool:
         """True when the search structure holds exactly the stored vectors."""

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from ragkit.chunking import Chunk
 
 log = logging.getLogger(__name__)
+# A filter passing at most this many chunks of an approximate index is scored exactly.
+EXACT_FILTERED = 4_096
 
 
 class Store:
@@ -54,7 +56,9 @@ class Store:
         self.db = db
         self.manifest = manifest
         self._faiss: Any = None
-        self._deleted: NDArray[np.int64] | None = None  # vectors_deleted when _faiss was loaded
+        # vectors_deleted as of SQLite's data_version _deleted_at (None: read it again)
+        self._deleted: NDArray[np.int64] | None = None
+        self._deleted_at: int | None = None
         self._lock = WriteLock(path)
         self._bulk: list[int] | None = None  # [chunks written, chunks per commit] inside bulk()
 
@@ -152,17 +156,12 @@ class Store:
         if not needs_migration(self.db.conn):
             return
         try:
-            self.lock()
-        except (IndexLockedError, OSError):
+            self.lock()  # migrates
+        except (RagkitError, OSError):  # locked by another writer, or read-only storage
             return
-        try:
-            if needs_migration(self.db.conn):
-                migrate(self.db.conn)
-                log.info("added keyword and vector indexes to %s", self.path)
         except sqlite3.OperationalError as exc:  # e.g. a read-only database file
             log.warning("could not update the layout of %s (%s)", self.path, exc)
-        finally:
-            self.unlock()
+        self.unlock()
 
     def close(self) -> None:
         """Release the write lock (if held) and the database connection."""
@@ -226,6 +225,8 @@ class Store:
             taken = self._lock.acquire(wait=wait, timeout=timeout)
         if not taken:
             return
+        if needs_migration(self.db.conn):  # an index from an earlier release of schema 2
+            migrate(self.db.conn)
         # Another writer may have finished while this one waited: start from what it left.
         self.manifest = read_manifest(self.db, self.path)
         self._faiss = None
@@ -290,12 +291,14 @@ class Store:
     def _write(self, chunks: int = 1) -> Iterator[sqlite3.Connection]:
         """A write transaction of its own, or a share of the open ``bulk()`` one."""
         if self._bulk is None:
+            self._deleted_at = None  # this connection's own writes leave data_version as it is
             with self.transaction() as conn:
                 yield conn
             return
         conn = self.db.conn
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
+        self._deleted_at = None
         yield conn
         self._bulk[0] += chunks
         if self._bulk[0] >= self._bulk[1]:
@@ -522,22 +525,45 @@ class Store:
 
     # -- vectors -----------------------------------------------------------------------------
 
-    def all_vectors(self) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    def _vector_rows(self, rows: list[tuple[int, bytes]]) -> tuple[NDArray[np.int64], Any]:
+        """(ids, float32 matrix) of (id, blob) rows; RagkitError when a blob has the wrong size."""
         d = self.manifest.dimension
-        bad = self.wrong_size_vectors()
-        if bad:
+        if any(len(blob) != 4 * d for _, blob in rows):
             raise RagkitError(
-                f"{bad} stored vectors of index {self.path.name} are not {d} floats long:"
+                f"stored vectors of index {self.path.name} are not {d} floats long:"
                 f" run `ragkit doctor --repair --index {self.path.name}`, then `ragkit index` again"
             )
-        rows = self.db.conn.execute(
-            "SELECT id, vector FROM chunks WHERE vector IS NOT NULL ORDER BY id"
-        ).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), d)
-        return ids, vectors.astype(np.float32, copy=False)
+        data = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), d)
+        return ids, data.astype(np.float32, copy=False)
+
+    def vector_slices(
+        self, ids: NDArray[np.int64] | None = None
+    ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
+        """Stored (ids, vectors) a slice at a time, by id: all of them, or those of ``ids``.
+
+        Memory stays bounded by the slice, not the index (a 1M x 384 index is 1.5 GB).
+        """
+        if ids is None:
+            cursor = self.db.conn.execute(
+                "SELECT id, vector FROM chunks WHERE vector IS NOT NULL ORDER BY id"
+            )
+            while rows := cursor.fetchmany(vectors.ADD_SLICE):
+                yield self._vector_rows(rows)
+            return
+        for start in range(0, len(ids), vectors.ADD_SLICE):
+            part = ids[start : start + vectors.ADD_SLICE]
+            yield np.asarray(part, dtype=np.int64), self.vectors(part)
+
+    def all_vectors(self) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Every stored (id, vector), sorted by id."""
+        parts = list(self.vector_slices())
+        if not parts:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.manifest.dimension), np.float32)
+        return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
 
     def wrong_size_vectors(self) -> int:
+        """How many stored vectors are not ``dimension`` floats long."""
         return int(
             self.db.conn.execute(
                 "SELECT count(*) FROM chunks WHERE vector IS NOT NULL AND length(vector) != ?",
@@ -545,15 +571,57 @@ class Store:
             ).fetchone()[0]
         )
 
-    def _build_faiss(self) -> Any:
-        ids, stored = self.all_vectors()
-        return vectors.build(ids, stored, self.manifest.dimension)
+    def _build_faiss(self, kind: str, ids: NDArray[np.int64]) -> Any:
+        """A new index of ``kind`` over every stored vector (``ids``: their sorted ids)."""
+        d = self.manifest.dimension
+        kind = vectors.choose(kind, len(ids))
+        if kind == vectors.IVF:
+            rng = np.random.default_rng(0)
+            sample = np.sort(rng.choice(ids, vectors.training_size(len(ids)), replace=False))
+            index = vectors.empty(kind, d, sample=self.vectors(sample), count=len(ids))
+        else:
+            index = vectors.empty(kind, d)
+        for part_ids, part in self.vector_slices():
+            vectors.add(index, part_ids, part)
+        return index
 
-    def save_vectors(self) -> int:
-        """Rebuild the FAISS file from SQLite, atomically; returns the new generation."""
-        index = self._build_faiss()
+    def _updated_faiss(self, vector_index: str, *, rebuild: bool = False) -> Any:
+        """The FAISS file brought in line with SQLite: updated in place when it is of the kind
+        wanted (new vectors added, deleted ones removed), built anew otherwise."""
+        ids = self.chunk_ids()
+        kind = vectors.choose(vector_index, len(ids))
+        current = None if rebuild else vectors.read(self.path, self.manifest.dimension)[0]
+        if (
+            current is None
+            or vectors.kind_of(current) != kind
+            or vectors.outgrown(current, len(ids))
+        ):
+            return self._build_faiss(kind, ids)
+        held = vectors.faiss_ids(current)
+        vectors.remove(current, np.setdiff1d(held, ids, assume_unique=True))
+        for part_ids, part in self.vector_slices(np.setdiff1d(ids, held, assume_unique=True)):
+            vectors.add(current, part_ids, part)
+        return current
+
+    def save_vectors(self, vector_index: str | None = None, *, rebuild: bool = False) -> int:
+        """Bring the FAISS file in line with SQLite, atomically; returns the new generation.
+
+        ``vector_index`` (auto, flat, ivf) picks the kind; None keeps the index's own. A file of
+        that kind is updated (a small change to a large index costs little); ``rebuild`` builds
+        it anew from SQLite instead.
+        """
+        index = self._updated_faiss(vector_index or self.manifest.vector_index, rebuild=rebuild)
         self._write_faiss(index)
         return self.manifest.faiss_generation
+
+    def vectors_stale(self, vector_index: str) -> bool:
+        """True when the FAISS file lags SQLite, or is not the kind ``vector_index`` wants."""
+        wanted = vectors.choose(vector_index, self.manifest.faiss_count)
+        return (
+            self.manifest.faiss_count != self.counts()["vectors"]
+            or wanted != self.manifest.vector_index
+            or not self.vectors_agree()
+        )
 
     def _write_faiss(self, index: Any) -> None:
         """Replace the FAISS file with ``index`` (whole, or not at all), then record it."""
@@ -568,11 +636,15 @@ class Store:
                 [
                     ("faiss_generation", str(generation)),
                     ("faiss_count", str(index.ntotal)),
+                    ("vector_index", vectors.kind_of(index)),
                     ("updated", now()),
                 ],
             )
+            # Written under the lock from SQLite: the new file holds none of the deleted ids.
+            conn.execute("DELETE FROM vectors_deleted")
         self.manifest = read_manifest(self.db, self.path)
         self._faiss = index
+        self._deleted_at = None
 
     def vectors_agree(self) -> bool:
         """True when the FAISS file holds exactly the chunk ids that SQLite has vectors for."""
@@ -582,36 +654,58 @@ class Store:
         )
 
     def _load_faiss_file(self) -> Any | None:
-        index, problem = vectors.read(self.path, self.manifest.dimension)
+        index, problem = vectors.read(self.path, self.manifest.dimension, mapped=True)
         if problem and (self.path / vectors.FAISS_NAME).is_file():
             log.warning("%s; rebuilding it from SQLite", problem)
         return index
 
+    def _deleted_ids(self) -> NDArray[np.int64]:
+        """Ids deleted from SQLite that the FAISS file may still hold (read again only after a
+        commit: ``PRAGMA data_version`` tells, without reading a table)."""
+        version = self.data_version()
+        if self._deleted is not None and self._deleted_at == version:
+            return self._deleted
+        try:
+            rows = self.db.conn.execute("SELECT id FROM vectors_deleted").fetchall()
+        except sqlite3.OperationalError:  # an index from before the table, not yet migrated
+            rows = []
+        self._deleted = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self._deleted_at = version
+        return self._deleted
+
     def faiss_index(self) -> Any:
-        """The FAISS index, verified against SQLite and rebuilt from it if they disagree."""
+        """The FAISS index, verified against SQLite and brought in line with it if they disagree.
+
+        A file that lags SQLite while another process writes is used as it is, minus the ids
+        deleted since (``vectors_deleted``): that writer saves a current one when it is done.
+        """
         if self._faiss is not None:
             return self._faiss
         index = self._load_faiss_file()
         if index is not None and not np.array_equal(vectors.faiss_ids(index), self.chunk_ids()):
-            log.info("FAISS file and SQLite disagree; rebuilding vectors from SQLite")
-            index = None
-        if index is None:
-            index = self._rebuild_faiss()
+            log.info("FAISS file and SQLite disagree; bringing vectors in line with SQLite")
+            index = self._rebuild_faiss(index)
+        elif index is None:
+            index = self._rebuild_faiss(None)
         self._faiss = index
         return index
 
-    def _rebuild_faiss(self) -> Any:
-        """FAISS rebuilt from SQLite, and saved too when no writer is at work."""
+    def _rebuild_faiss(self, stale: Any | None) -> Any:
+        """FAISS brought in line with SQLite, and saved too when no writer is at work."""
+        kind = self.manifest.vector_index if stale is None else vectors.kind_of(stale)
         if self._lock.held:  # this process is the writer: it saves when it is done
-            return self._build_faiss()
+            return self._updated_faiss(kind)
         try:
             self.lock()
         except (RagkitError, OSError):
-            # A writer will save its own; or the index is read-only to us. Build in memory.
-            return self._build_faiss()
+            # A writer will save its own; or the index is read-only to us. A stale approximate
+            # index serves as it is (deleted ids excluded); a small flat one is rebuilt in memory.
+            if stale is not None and vectors.kind_of(stale) == vectors.IVF:
+                return stale
+            return self._build_faiss(vectors.FLAT, self.chunk_ids())
         try:
             # Built under the lock, so no writer can change SQLite between the build and the save.
-            index = self._build_faiss()
+            index = self._updated_faiss(kind)
             try:
                 self._write_faiss(index)
             except (OSError, sqlite3.Error, RagkitError) as exc:
@@ -623,8 +717,39 @@ class Store:
     def search_vectors(
         self, queries: NDArray[np.float32], k: int, *, allowed: NDArray[np.int64] | None = None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Top-k (scores, ids) by inner product for each query row; ids -1 pad short results."""
-        return vectors.search(self.faiss_index(), queries, k, allowed=allowed)
+        """Top-k (scores, ids) by inner product for each query row; ids -1 pad short results.
+
+        ``allowed`` restricts the search to those ids, and it still returns min(k, allowed)
+        hits per row. A few allowed ids under an approximate index are scored exactly from
+        SQLite instead (cheaper than probing every list for them).
+        """
+        index = self.faiss_index()
+        if (
+            allowed is not None
+            and len(allowed) <= EXACT_FILTERED
+            and vectors.kind_of(index) == "ivf"
+        ):
+            return self._exact(queries, k, allowed)
+        return vectors.search(index, queries, k, allowed=allowed, excluded=self._deleted_ids())
+
+    def _exact(
+        self, queries: NDArray[np.float32], k: int, ids: NDArray[np.int64]
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Exact top-k over the stored vectors of ``ids``; ids -1 pad short results."""
+        q = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        found = np.full((len(q), k), -1, dtype=np.int64)
+        if not len(ids):
+            return scores, found
+        ids = np.asarray(ids, dtype=np.int64)
+        sims = q @ self.vectors(ids).T
+        top = min(k, len(ids))
+        for row in range(len(q)):
+            best = np.argpartition(-sims[row], top - 1)[:top]
+            best = best[np.argsort(-sims[row][best], kind="stable")]
+            scores[row, :top] = sims[row][best]
+            found[row, :top] = ids[best]
+        return scores, found
 
     # -- keyword search ----------------------------------------------------------------------
 
@@ -639,7 +764,7 @@ class Store:
         """
         return keyword.keyword_search(self.db.conn, query, k, filters=filters)
 
-    def vectors(self, ids: Sequence[int]) -> NDArray[np.float32]:
+    def vectors(self, ids: Sequence[int] | NDArray[np.int64]) -> NDArray[np.float32]:
         """The stored vectors of these chunks, one row per id in the order given."""
         out = np.zeros((len(ids), self.manifest.dimension), dtype=np.float32)
         where: dict[int, list[int]] = {}
