@@ -395,3 +395,30 @@ def test_an_open_index_on_postgres_sees_new_commits(pg_url, tmp_path):
         ragkit.index(docs, settings)
         assert idx.search("herons marsh", k=1, mode="keyword")[0].path == "b.txt"
         assert idx.status().documents == 2
+
+
+def test_a_bulk_load_builds_hnsw_once_and_a_killed_one_is_mended(pg_url, tmp_path, monkeypatch):
+    import ragkit.store.postgres as pg
+
+    monkeypatch.setattr(pg, "BULK_BUILD", 3)  # any run adding 3+ vectors to a smaller index
+    backend = Backend("postgres", tmp_path, pg_url)
+    emb = fakes.BagOfWordsEmbedder()
+    store = backend.address().create(embedder=emb.name, model=emb.model, dimension=emb.dimension)
+    with store:
+        store.lock()
+        texts = [f"word{i} shared" for i in range(6)]
+        store.put_document(path="a.txt", sha256="a", size=1, mtime=1.0, kind="text", pages=0,
+                           warnings=(), chunks=chunks(texts))  # fmt: skip
+        pending = store.pending()
+        store.set_vectors([i for i, _, _ in pending[:3]], emb.embed(texts[:3]))
+        # Dropped for the load: searches still answer (exactly); the store says it is stale.
+        assert not store.vectors_agree() and store.vectors_stale("auto")
+        assert store.search_vectors(emb.embed(texts[:1]), 1)[1][0][0] == pending[0][0]
+        assert {p.code for p in store.check().problems} == {"indexes", "pending"}
+    # A writer killed here: the next run's save builds the index.
+    store = backend.address().open()
+    with store:
+        store.lock()
+        store.set_vectors([i for i, _, _ in pending[3:]], emb.embed(texts[3:]))
+        store.save_vectors()
+        assert store.vectors_agree() and not store.vectors_stale("auto") and store.check().ok
