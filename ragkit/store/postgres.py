@@ -57,6 +57,7 @@ class PostgresStore:
         self._bulk: list[int] | None = None  # [chunks written, chunks per commit] inside bulk()
         self._tx: Any = None  # the open transaction of bulk() or snapshot()
         self._deferred: bool | None = None  # HNSW dropped for a bulk load (decided once)
+        self._stats: tuple[int, tuple[int, float]] | None = None  # (generation, BM25 stats)
 
     @property
     def where(self) -> str:
@@ -627,7 +628,12 @@ class PostgresStore:
         self, query: str, k: int, *, filters: Filters | None = None
     ) -> list[tuple[int, float]]:
         """Top-k (chunk id, ts_rank score) for the words of ``query``, best first."""
-        return postgres_search.keyword(self.conn, query, k, filters=filters)
+        version = self.data_version()
+        if self._stats is None or self._stats[0] != version:
+            # N and the mean length change little between saves: read once per generation,
+            # not per query (a scan of the whole table).
+            self._stats = (version, postgres_search.corpus_stats(self.conn))
+        return postgres_search.keyword(self.conn, query, k, filters=filters, stats=self._stats[1])
 
     # -- health ------------------------------------------------------------------------------
 

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 # Filtered dense search ranks this many allowed chunks or fewer exactly (a scan of those rows);
 # more go through HNSW, which keeps scanning until k of them pass (pgvector's iterative scan).
 EXACT_FILTERED = 20_000
+# HNSW candidates kept per search (pgvector's default is 40): at 100k clustered vectors, 100
+# gave recall@10 0.91 and 200 ... (bench/postgres.py).
+EF_SEARCH = 200
 # Which table alias holds each filterable field: c = chunks, d = documents.
 COLUMNS = {"path": "d.path", "kind": "d.kind", "mtime": "d.mtime", "heading": "c.heading"}
 # Okapi BM25's parameters, FTS5's defaults: term-frequency saturation and length normalisation.
@@ -46,7 +49,7 @@ def dense(
     if not exact:
         # ef_search bounds how many rows an HNSW scan returns; the iterative scan goes on past
         # it (and past filtered-out rows) in strict distance order.
-        conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(2 * k, 100), 1000)}")
+        conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(4 * k, EF_SEARCH), 1000)}")
         conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
     ids = None if allowed is None else [int(i) for i in allowed]
     for row, q in enumerate(np.asarray(queries, dtype=np.float32)):
@@ -58,8 +61,19 @@ def dense(
     return scores, found
 
 
+def corpus_stats(conn: psycopg.Connection[Any]) -> tuple[int, float]:
+    """(chunks, mean chunk length in tokens): BM25's N and avgdl."""
+    row = conn.execute("SELECT count(*), greatest(avg(tokens), 1) FROM chunks").fetchone()
+    return (int(row[0]), float(row[1])) if row else (0, 1.0)
+
+
 def keyword(
-    conn: psycopg.Connection[Any], query: str, k: int, *, filters: Filters | None = None
+    conn: psycopg.Connection[Any],
+    query: str,
+    k: int,
+    *,
+    filters: Filters | None = None,
+    stats: tuple[int, float] | None = None,
 ) -> list[tuple[int, float]]:
     """Top-k (chunk id, BM25 score) for the words of ``query``, best first.
 
@@ -69,7 +83,8 @@ def keyword(
     index, term frequencies from the positions of the query's lexemes (picked out of each
     tsvector by setweight + ts_filter, not by unnesting all of it), chunk length in tokens.
     PostgreSQL's own ``ts_rank`` scored SciFact far lower (README "PostgreSQL"). Only chunks
-    with vectors are ranked; filters apply before ranking.
+    with vectors are ranked; filters apply before ranking. ``stats`` (N, avgdl) are read
+    from the table when not given.
     """
     words = terms(query)
     content = [t for t in words if t not in STOPWORDS] or words
@@ -91,7 +106,7 @@ def keyword(
         ), wanted AS MATERIALIZED (
             SELECT array_agg(lexeme) AS a FROM lexemes
         ), stats AS MATERIALIZED (
-            SELECT count(*) AS n, greatest(avg(tokens), 1) AS avgdl FROM chunks
+            SELECT %s::float8 AS n, %s::float8 AS avgdl
         ), matched AS (
             SELECT c.id, c.tsv, c.tokens FROM chunks c{join}
             WHERE c.tsv @@ to_tsquery('{TEXT_SEARCH_CONFIG}', %s)
@@ -111,7 +126,7 @@ def keyword(
         CROSS JOIN stats s
         GROUP BY m.id ORDER BY score DESC, m.id LIMIT %s
         """,
-        [" ".join(content), " | ".join(content), *args, k],
+        [" ".join(content), *(stats or corpus_stats(conn)), " | ".join(content), *args, k],
     ).fetchall()
     return [(int(i), float(score)) for i, score in rows]
 
