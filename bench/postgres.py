@@ -6,9 +6,9 @@ Everything is measured in this one run on this machine, through the store seam
 1. ingest N chunks (documents of 10 chunks; vectors set in batches of 1,024; then
    ``save_vectors``): seconds per store, and the PostgreSQL/SQLite ratio.
 2. dense top-10 search with 1, 4 and 16 client processes (after one unmeasured warm-up pass),
-   each opening its own store and running its share of Q queries: latency p50/p95 (ms), total QPS, and recall@10 against
-   exact (brute-force numpy) neighbours.
-3. keyword search, one client: p50/p95 (FTS5 BM25 vs tsvector ts_rank).
+   each opening its own store and running its share of Q queries: latency p50/p95 (ms),
+   total QPS, and recall@10 against exact (brute-force numpy) neighbours.
+3. keyword search, one client: p50/p95 (FTS5's BM25 vs BM25 in SQL over tsvector).
 
 Vectors are random unit vectors with clustered structure (so neighbours are meaningful);
 each query is a stored vector plus noise. No embedder runs: the store is what is measured.
