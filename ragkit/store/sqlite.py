@@ -276,14 +276,16 @@ class Store:
         self._bulk = [0, max(1, chunks_per_commit)]
         conn = self.db.conn
         try:
-            yield
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        else:
-            if conn.in_transaction:
-                conn.execute("COMMIT")
+            with storage_errors(self.path):  # a full disk at a commit: its one-line error
+                try:
+                    yield
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite may have rolled back by itself (a full disk): only then no ROLLBACK.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
         finally:
             self._bulk = None
 
@@ -296,13 +298,15 @@ class Store:
                 yield conn
             return
         conn = self.db.conn
-        if not conn.in_transaction:
-            conn.execute("BEGIN IMMEDIATE")
+        with storage_errors(self.path):
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
         self._deleted_at = None
         yield conn
         self._bulk[0] += chunks
         if self._bulk[0] >= self._bulk[1]:
-            conn.execute("COMMIT")
+            with storage_errors(self.path):
+                conn.execute("COMMIT")
             self._bulk[0] = 0
 
     def put_document(
