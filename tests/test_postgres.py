@@ -422,3 +422,31 @@ def test_a_bulk_load_builds_hnsw_once_and_a_killed_one_is_mended(pg_url, tmp_pat
         store.set_vectors([i for i, _, _ in pending[3:]], emb.embed(texts[3:]))
         store.save_vectors()
         assert store.vectors_agree() and not store.vectors_stale("auto") and store.check().ok
+
+
+def test_eval_runs_on_postgres_and_scores_like_sqlite(pg_url, tmp_path, monkeypatch):
+    from tests.test_evaluation import make_dataset
+
+    dataset = make_dataset(tmp_path / "tiny")
+    reports = {}
+    for kind, flags in {
+        "sqlite": ["--index-dir", str(tmp_path / "ix")],
+        "postgres": ["--store", pg_url],
+    }.items():
+        result = runner.invoke(app, ["eval", str(dataset), "--embedder", "bow", "--json", *flags])
+        assert result.exit_code == 0, result.output
+        reports[kind] = json.loads(result.stdout)
+    assert all(p["index"].startswith("postgresql://") for p in reports["postgres"]["protocols"])
+
+    def scores(report):
+        return [(r["protocol"], r["mode"], r["ndcg_at_10"]) for r in report["results"]]
+
+    assert scores(reports["postgres"]) == scores(reports["sqlite"])
+    assert all(n == pytest.approx(1.0) for _, _, n in scores(reports["postgres"]))
+    # The cached indexes are reused: nothing embedded the second time.
+    again = json.loads(
+        runner.invoke(
+            app, ["eval", str(dataset), "--embedder", "bow", "--json", "--store", pg_url]
+        ).stdout
+    )
+    assert [p["chunks_embedded"] for p in again["protocols"]] == [0, 0]
