@@ -13,9 +13,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ragkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ragkit.store.address import Address
 
 DEFAULT_OPENAI_EMBEDDING_MODEL = "text-embedding-3-small"
 DEFAULT_CHAT_MODEL = "gpt-4o-mini"
@@ -40,6 +43,7 @@ class Overrides(TypedDict, total=False):
 
     index: str | None
     index_dir: Path | str | None
+    store: str | None
     embedder: str | None
     k: int | None
     min_score: float | None
@@ -98,6 +102,8 @@ class Settings:
 
     index: str = "default"  # name of the index under index_dir
     index_dir: Path = Path("indexes")  # where named indexes live
+    # a postgresql:// URL: indexes live in that database (one schema each), not in index_dir
+    store: str | None = None
     # "local", "openai" or "openai:MODEL"; None = the index's own, or openai when a key is set
     embedder: str | None = None
     k: int = 5  # passages retrieved per query
@@ -198,6 +204,13 @@ class Settings:
         return Path(self.index_dir) / self.index
 
     @property
+    def address(self) -> Address:
+        """Where this index lives: its folder, or its schema in the ``store`` database."""
+        from ragkit.store.address import Address
+
+        return Address(self.index, self.index_path, self.store)
+
+    @property
     def openai_configured(self) -> bool:
         """True when an OpenAI key, an OpenAI-compatible base URL or an Azure endpoint is set."""
         return bool(self.openai_api_key or self.openai_base_url or self.azure_endpoint)
@@ -211,6 +224,9 @@ class Settings:
                 f"bad index name {self.index!r}: use a plain name such as 'docs'"
                 " (use --index-dir to choose the folder)"
             )
+        from ragkit.store.address import check_store_url
+
+        check_store_url(self.store)
         if self.chunk_tokens < 16:
             raise ConfigError(f"chunk_tokens must be at least 16 (got {self.chunk_tokens})")
         if not 0 <= self.chunk_overlap < self.chunk_tokens // 2:

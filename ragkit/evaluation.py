@@ -21,12 +21,12 @@ what is missing from it, and an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
 import math
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +39,8 @@ from ragkit.documents import Document
 from ragkit.embedders import Embedder, embed_batches
 from ragkit.errors import IndexMismatchError, RagkitError
 from ragkit.retriever import CANDIDATES, MODES, Ranking, rank
-from ragkit.store import Store
+from ragkit.store.address import Address
+from ragkit.store.protocol import IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def _whole(text: str, tokens: int) -> list[Chunk]:
 
 
 def sync_corpus(
-    store: Store,
+    store: IndexStore,
     embedder: Embedder,
     dataset: BeirDataset,
     protocol: str,
@@ -293,13 +294,6 @@ class EvalReport:
     seconds: float
 
 
-def _doc_ids(store: Store) -> dict[int, str]:
-    rows = store.db.conn.execute(
-        "SELECT c.id, d.path FROM chunks c JOIN documents d ON d.id = c.document_id"
-    )
-    return {int(i): str(p) for i, p in rows}
-
-
 def documents_ranked(ranking: Ranking, doc_of: Mapping[int, str], depth: int) -> list[str]:
     """Chunk ranking -> document ranking: a document scores as its best chunk (its first)."""
     out: dict[str, None] = {}
@@ -313,7 +307,7 @@ def documents_ranked(ranking: Ranking, doc_of: Mapping[int, str], depth: int) ->
 
 
 def run_queries(
-    store: Store,
+    store: IndexStore,
     embedder: Embedder,
     dataset: BeirDataset,
     protocol: str,
@@ -323,10 +317,8 @@ def run_queries(
 ) -> list[ModeScores]:
     """Rank every judged query in each mode and score the document rankings."""
     note = progress or (lambda stage, done, total: None)
-    doc_of = _doc_ids(store)
-    per_doc = store.db.conn.execute(
-        "SELECT coalesce(max(n), 1) FROM (SELECT count(*) AS n FROM chunks GROUP BY document_id)"
-    ).fetchone()[0]
+    doc_of = store.chunk_documents()
+    per_doc = max(collections.Counter(doc_of.values()).values(), default=1)
     # Deep enough that DEPTH distinct documents are always among the chunks ranked.
     depth = min(DEPTH * int(per_doc), max(len(doc_of), 1))
     qids = list(dataset.queries)
@@ -360,16 +352,16 @@ def cache_name(dataset: str, protocol: str, embedder: Embedder) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.")
 
 
-def _open_cache(path: Path, embedder: Embedder) -> Store:
+def _open_cache(address: Address, embedder: Embedder) -> IndexStore:
     """The cached index at ``path``, rebuilt from nothing when another embedder or schema made it.
 
     It holds only what the dataset and embedder determine, so dropping it loses nothing.
     """
-    if Store.exists(path):
+    if address.exists():
         try:
-            store = Store.open(path)
+            store = address.open()
         except IndexMismatchError as exc:
-            log.warning("rebuilding the cached eval index %s: %s", path, exc)
+            log.warning("rebuilding the cached eval index %s: %s", address, exc)
         else:
             m = store.manifest
             if (m.embedder, m.model, m.dimension) == (
@@ -379,10 +371,10 @@ def _open_cache(path: Path, embedder: Embedder) -> Store:
             ):
                 return store
             store.close()
-            log.warning("rebuilding the cached eval index %s: made by %s", path, m.embedder_spec)
-        shutil.rmtree(path)
-    return Store.create(
-        path, embedder=embedder.name, model=embedder.model, dimension=embedder.dimension
+            log.warning("rebuilding the cached eval index %s: made by %s", address, m.embedder_spec)
+        address.drop()
+    return address.create(
+        embedder=embedder.name, model=embedder.model, dimension=embedder.dimension
     )
 
 
@@ -397,8 +389,12 @@ def evaluate(
     chunk_overlap: int = 40,
     batch_size: int = 64,
     progress: Progress | None = None,
+    store: str | None = None,
 ) -> EvalReport:
-    """Index the corpus under each protocol (reusing cached indexes) and score every mode."""
+    """Index the corpus under each protocol (reusing cached indexes) and score every mode.
+
+    The cached indexes live under ``index_dir``, or in the PostgreSQL database ``store``.
+    """
     started = time.perf_counter()
     infos: list[ProtocolInfo] = []
     results: list[ModeScores] = []
@@ -406,13 +402,13 @@ def evaluate(
         if protocol not in PROTOCOLS:
             raise RagkitError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
         t0 = time.perf_counter()
-        path = Path(index_dir) / cache_name(dataset.name, protocol, embedder)
-        store = _open_cache(path, embedder)
-        with store:
-            store.lock()
-            store.set_source(f"beir:{dataset.name}:{protocol}")
+        name = cache_name(dataset.name, protocol, embedder)
+        address = Address(name, Path(index_dir) / name, store)
+        with _open_cache(address, embedder) as cached:
+            cached.lock()
+            cached.set_source(f"beir:{dataset.name}:{protocol}")
             embedded = sync_corpus(
-                store,
+                cached,
                 embedder,
                 dataset,
                 protocol,
@@ -421,11 +417,11 @@ def evaluate(
                 batch_size=batch_size,
                 progress=progress,
             )
-            counts = store.counts()
+            counts = cached.counts()
             infos.append(
                 ProtocolInfo(
                     protocol=protocol,
-                    index=str(path),
+                    index=str(address),
                     documents=counts["documents"],
                     chunks=counts["chunks"],
                     chunks_embedded=embedded,
@@ -433,7 +429,7 @@ def evaluate(
                 )
             )
             results.extend(
-                run_queries(store, embedder, dataset, protocol, modes, progress=progress)
+                run_queries(cached, embedder, dataset, protocol, modes, progress=progress)
             )
     return EvalReport(
         dataset=dataset.name,

@@ -1,8 +1,9 @@
 """Metadata filters on search: which documents and chunks may be ranked at all.
 
-A ``Filters`` value turns into one SQL condition over ``chunks c JOIN documents d``; the store
-uses it to choose the chunk ids FAISS may return and the rows BM25 may rank, so a filter is
-applied before ranking and never leaves fewer than k hits when k matching chunks exist.
+A ``Filters`` value describes its conditions as data (``Filters.conditions()``); each store
+compiles them into its own query over chunks and their documents, to choose the chunk ids dense
+search may return and the rows keyword search may rank, so a filter is applied before ranking
+and never leaves fewer than k hits when k matching chunks exist.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ KINDS = frozenset({"text", "markdown", "rst", "html", "pdf", "code"})
 class Filters:
     """Conditions a chunk must meet to be searched; all given conditions must hold."""
 
-    path: str | None = None  # SQLite GLOB on the document path ("docs/*.md"); "docs" = "docs/*"
+    # glob on the document path (case-sensitive), e.g. "docs/*.md"; with no glob characters, a
+    # file or a folder and everything under it ("docs" = "docs" or "docs/*")
+    path: str | None = None
     file_types: tuple[str, ...] = ()  # loader kinds ("pdf") or suffixes (".md"); any may match
     modified_after: float | None = None  # document mtime >= this (epoch seconds)
     modified_before: float | None = None  # document mtime < this (epoch seconds)
@@ -38,41 +41,43 @@ class Filters:
             or self.heading
         )
 
-    def where(self) -> tuple[str, list[Any]]:
-        """An SQL condition over ``c`` (chunks) and ``d`` (documents), and its parameters."""
-        clauses: list[str] = []
-        args: list[Any] = []
+    def conditions(self) -> tuple[tuple[Condition, ...], ...]:
+        """The filters as data: every group must hold, and within a group any one condition."""
+        groups: list[tuple[Condition, ...]] = []
         if self.path and not any(c in self.path for c in "*?["):
-            # No glob characters: a file, or a folder and everything under it ("faq" = "faq/*").
             bare = self.path.removeprefix("./").rstrip("/")
-            clauses.append("(d.path = ? OR d.path GLOB ?)")
-            args.extend([bare, bare + "/*"])
+            groups.append(
+                (Condition("path", "in", (bare,)), Condition("path", "glob", bare + "/*"))
+            )
         elif self.path:
-            clauses.append("d.path GLOB ?")
-            args.append(self.path)
+            groups.append((Condition("path", "glob", self.path),))
         if self.file_types:
-            kinds = [t for t in self.file_types if not t.startswith(".")]
-            suffixes = [t for t in self.file_types if t.startswith(".")]
-            either: list[str] = []
-            if kinds:
-                either.append(f"d.kind IN ({','.join('?' * len(kinds))})")
-                args.extend(kinds)
-            for suffix in suffixes:
-                # lower() folds ASCII only, which covers file suffixes; '%' and '_' cannot occur
-                # in a suffix that parse_file_types accepted, so LIKE needs no escaping.
-                either.append("lower(d.path) LIKE ?")
-                args.append("%" + suffix)
-            clauses.append("(" + " OR ".join(either) + ")")
+            kinds = tuple(t for t in self.file_types if not t.startswith("."))
+            either = [Condition("kind", "in", kinds)] if kinds else []
+            either += [Condition("path", "endswith", t) for t in self.file_types if t[0] == "."]
+            groups.append(tuple(either))
         if self.modified_after is not None:
-            clauses.append("d.mtime >= ?")
-            args.append(self.modified_after)
+            groups.append((Condition("mtime", "ge", self.modified_after),))
         if self.modified_before is not None:
-            clauses.append("d.mtime < ?")
-            args.append(self.modified_before)
+            groups.append((Condition("mtime", "lt", self.modified_before),))
         if self.heading:
-            clauses.append("instr(lower(c.heading), ?) > 0")
-            args.append(self.heading.lower())
-        return (" AND ".join(clauses) or "1"), args
+            groups.append((Condition("heading", "contains", self.heading.lower()),))
+        return tuple(groups)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One test on a document or chunk field, for each store to compile into its own query.
+
+    Fields: ``path``, ``kind`` and ``mtime`` of the document, ``heading`` of the chunk.
+    Operators: ``glob`` (SQLite GLOB semantics: ``*``, ``?``, ``[...]``, case-sensitive),
+    ``in`` (one of a tuple), ``endswith`` (ASCII case-insensitive suffix), ``ge`` and ``lt``
+    (numbers), ``contains`` (case-insensitive substring; the value is already lower case).
+    """
+
+    field: str
+    op: str
+    value: Any
 
 
 def parse_file_types(value: str | None) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from ragkit import pipeline
 from ragkit.config import Overrides, Settings
 from ragkit.errors import ConfigError
 from ragkit.retriever import check_query
-from ragkit.store import Store
+from ragkit.store.protocol import IndexStore
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -59,7 +59,7 @@ class Index:
         self.settings = settings
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._stores: list[Store] = []
+        self._stores: list[IndexStore] = []
         self._chat: ChatModel | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
@@ -185,13 +185,13 @@ class Index:
             return self.settings
         return self.settings.replace(**overrides)  # checked, as every Settings is
 
-    def _store(self, *, dense: bool = True) -> Store:
+    def _store(self, *, dense: bool = True) -> IndexStore:
         """This thread's connection, after catching up with what other processes committed;
         with ``dense``, sharing the FAISS index of the newest saved generation."""
         self._check_open()
-        store: Store | None = getattr(self._local, "store", None)
+        store: IndexStore | None = getattr(self._local, "store", None)
         if store is None:
-            store = Store.open(self.settings.index_path)
+            store = self.settings.address.open()
             with self._lock:
                 if self._closed:
                     store.close()

@@ -47,7 +47,9 @@ from ragkit.extractive import extractive_answer, followup_hits
 from ragkit.filters import Filters, make_filters
 from ragkit.retriever import MODES, Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
-from ragkit.store import DocumentRow, HealthReport, Problem, Store, cache_key
+from ragkit.store import DocumentRow, HealthReport, Problem, cache_key
+from ragkit.store.copy import CopyReport
+from ragkit.store.protocol import IndexStore
 from ragkit.sync import FolderSync
 
 if TYPE_CHECKING:
@@ -126,7 +128,7 @@ def _selection(settings: Settings, stored: str | None) -> dict[str, Any]:
 
 
 def _folder_sync(
-    root: Path, known: dict[str, DocumentRow], settings: Settings, store: Store | None
+    root: Path, known: dict[str, DocumentRow], settings: Settings, store: IndexStore | None
 ) -> tuple[FolderSync, str]:
     """The comparison of ``root`` with an index's documents, under the settings' limits and file
     selection; also that selection as stored in the index."""
@@ -210,10 +212,10 @@ def _cost(embedder: Embedder, tokens: int) -> float | None:
 
 def open_index(
     settings: Settings, *, count_only: bool = False, query: bool = False
-) -> tuple[Store, Embedder]:
+) -> tuple[IndexStore, Embedder]:
     """The index named by ``settings`` and the embedder it was built with (``query``: set up to
     embed questions, with a short retry budget)."""
-    store = Store.open(settings.index_path)
+    store = settings.address.open()
     m = store.manifest
     if settings.embedder:
         provider, model = parse_spec(settings.embedder)
@@ -260,13 +262,12 @@ def index(
     if dry_run:
         return _estimate(root, source, settings, started)
 
-    if Store.exists(settings.index_path):
+    if settings.address.exists():
         store, embedder = open_index(settings)
     else:
         spec = settings.embedder or ("openai" if settings.openai_configured else "local")
         embedder = _embedder(spec, settings)
-        store = Store.create(
-            settings.index_path,
+        store = settings.address.create(
             embedder=embedder.name,
             model=embedder.model,
             dimension=embedder.dimension,
@@ -354,7 +355,7 @@ def index(
         ):
             store.save_vectors(settings.vector_index)
         return IndexReport(
-            index=str(settings.index_path),
+            index=str(settings.address),
             embedder=store.manifest.embedder_spec,
             **sync.summary(),
             chunks_embedded=embedded,
@@ -369,8 +370,8 @@ def index(
 
 def _estimate(root: Path, source: str, settings: Settings, started: float) -> IndexReport:
     """What ``index`` would do (``--dry-run``): load and chunk, but embed and write nothing."""
-    store: Store | None = None
-    if Store.exists(settings.index_path):
+    store: IndexStore | None = None
+    if settings.address.exists():
         store, embedder = open_index(settings, count_only=True)
     else:
         spec = settings.embedder or ("openai" if settings.openai_configured else "local")
@@ -435,7 +436,7 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
         if store is not None:
             store.close()
     return IndexReport(
-        index=str(settings.index_path),
+        index=str(settings.address),
         embedder=f"{embedder.name}:{embedder.model}",
         **sync.summary(),
         chunks_embedded=to_embed,
@@ -460,7 +461,9 @@ def filters(settings: Settings) -> Filters:
     )
 
 
-def retrieve_hits(store: Store, embedder: Embedder, query: str, settings: Settings) -> list[Hit]:
+def retrieve_hits(
+    store: IndexStore, embedder: Embedder, query: str, settings: Settings
+) -> list[Hit]:
     """The hits for one query on an open store, with the settings' k, mode, filters and MMR."""
     return retrieve(
         store,
@@ -602,18 +605,18 @@ def chat_model(settings: Settings) -> ChatModel:
 def status(settings: Settings | None = None, **overrides: Unpack[Overrides]) -> IndexStatus:
     """Where the index is, what built it, what it holds, and whether FAISS agrees with SQLite."""
     settings = _settings(settings, overrides)
-    with Store.open(settings.index_path) as store:
+    with settings.address.open() as store:
         return index_status(store, settings)
 
 
-def index_status(store: Store, settings: Settings) -> IndexStatus:
+def index_status(store: IndexStore, settings: Settings) -> IndexStatus:
     """The status of an open store (its manifest and counts as committed now)."""
     store.refresh_manifest()
     m = store.manifest
     counts = store.counts()
     return IndexStatus(
         index=settings.index,
-        path=str(settings.index_path),
+        path=str(settings.address),
         embedder=m.embedder_spec,
         dimension=m.dimension,
         source=m.source,
@@ -662,7 +665,40 @@ def evaluate(
         chunk_overlap=settings.chunk_overlap,
         batch_size=max(settings.batch_size * 2, 64),
         progress=progress,
+        store=settings.store,
     )
+
+
+def copy(
+    to: str | Path,
+    settings: Settings | None = None,
+    *,
+    to_index: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **overrides: Unpack[Overrides],
+) -> CopyReport:
+    """Copy the index to ``to`` (a postgresql:// URL, or a folder of indexes) without re-embedding.
+
+    The copy is named ``to_index`` (default: the same name); an index already there is refused.
+    """
+    from ragkit.store.address import SCHEMES
+    from ragkit.store.copy import copy_index
+
+    settings = _settings(settings, overrides)
+    target = str(to)
+    url = target.split("://", 1)[0] in SCHEMES
+    # A new Settings is checked as it is built: a bad target name or URL is refused here.
+    there = dataclasses.replace(
+        settings,
+        index=to_index or settings.index,
+        store=target if url else None,
+        index_dir=settings.index_dir if url else Path(target),
+    )
+    dest = there.address
+    if str(dest) == str(settings.address):
+        raise ConfigError(f"the copy would replace its source {dest}: give --to-index NAME")
+    with settings.address.open() as source:
+        return copy_index(source, str(settings.address), dest, progress=progress)
 
 
 def doctor(
@@ -676,10 +712,10 @@ def doctor(
     what can be fixed without the source files. Embedding what is missing is ``index``'s job."""
     settings = _settings(settings, overrides)
     try:
-        store = Store.open(settings.index_path)
+        store = settings.address.open()
     except IndexMismatchError as exc:  # a manifest that names no embedder, or another schema
         return HealthReport(
-            index=str(settings.index_path),
+            index=str(settings.address),
             problems=(Problem("manifest", str(exc), "build a new index", repairable=False),),
         )
     with store:

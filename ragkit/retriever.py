@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from ragkit.embedders import Embedder
 from ragkit.errors import QueryError
 from ragkit.filters import Filters
-from ragkit.store import Store
+from ragkit.store.protocol import IndexStore
 
 MODES = ("dense", "keyword", "hybrid")
 RRF_K = 60  # Cormack, Clarke & Buettcher (SIGIR 2009): the constant used unchanged since
@@ -85,7 +85,7 @@ def rrf(rankings: Sequence[Sequence[K]], k: int = RRF_K) -> list[tuple[K, float]
 
 
 def dense_ranking(
-    store: Store,
+    store: IndexStore,
     vector: NDArray[np.float32],
     depth: int,
     *,
@@ -97,7 +97,7 @@ def dense_ranking(
 
 
 def rank(
-    store: Store,
+    store: IndexStore,
     query: str,
     vector: NDArray[np.float32],
     mode: str,
@@ -162,7 +162,7 @@ def _unit_range(scores: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 def search(
-    store: Store,
+    store: IndexStore,
     embedder: Embedder,
     query: str,
     *,

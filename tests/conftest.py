@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.backends import backend, pg_server, pg_url  # noqa: F401  (fixtures for every test)
 from tests.openai_server import OpenAITestServer
 
 

@@ -58,6 +58,14 @@ IndexDir = Annotated[
     Path | None,
     typer.Option(envvar="RAGKIT_INDEX_DIR", help="Folder holding indexes [default: ./indexes]."),
 ]
+StoreUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="RAGKIT_STORE",
+        help="A postgresql:// URL: keep indexes in that database [default: the index folder].",
+    ),
+]
 TopK = Annotated[
     int | None,
     typer.Option("-k", "--k", envvar="RAGKIT_K", help="Passages to retrieve [default: 5]."),

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ragkit.cli.common import AsJson, IndexDir, Verbose, app, err, out, setup_logging
+from ragkit.cli.common import AsJson, IndexDir, StoreUrl, Verbose, app, err, out, setup_logging
 
 
 class _StepPrinter:
@@ -60,6 +60,7 @@ def evaluate(
         int | None, typer.Option(envvar="RAGKIT_CHUNK_OVERLAP", help="Tokens shared by neighbours.")
     ] = None,
     index_dir: IndexDir = None,
+    store: StoreUrl = None,
     as_json: AsJson = False,
     verbose: Verbose = False,
 ) -> None:
@@ -83,6 +84,7 @@ def evaluate(
         chunk_tokens=chunk_tokens,
         chunk_overlap=chunk_overlap,
         index_dir=index_dir,
+        store=store,
     )
     if as_json:
         typer.echo(json.dumps(asdict(report), indent=2))

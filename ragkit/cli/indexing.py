@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,6 +19,7 @@ from ragkit.cli.common import (
     AsJson,
     IndexDir,
     IndexName,
+    StoreUrl,
     Verbose,
     app,
     err,
@@ -141,6 +143,7 @@ def index(
     path: Annotated[Path, typer.Argument(help="Folder (or file) to index.")],
     index: IndexName = None,
     index_dir: IndexDir = None,
+    store: StoreUrl = None,
     embedder: Annotated[
         str | None,
         typer.Option(
@@ -219,6 +222,7 @@ def index(
             dry_run=dry_run,
             index=index,
             index_dir=index_dir,
+            store=store,
             embedder=embedder,
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
@@ -303,12 +307,13 @@ def _print_estimate(report: IndexReport) -> None:
 def status(
     index: IndexName = None,
     index_dir: IndexDir = None,
+    store: StoreUrl = None,
     as_json: AsJson = False,
 ) -> None:
     """Show where an index is, what built it, and what it holds."""
     from ragkit import pipeline
 
-    info = pipeline.status(index=index, index_dir=index_dir)
+    info = pipeline.status(index=index, index_dir=index_dir, store=store)
     if as_json:
         typer.echo(json.dumps(status_json(info), indent=2))
         return
@@ -327,7 +332,9 @@ def status(
         ("updated", info.updated),
         (
             "vectors",
-            "FAISS agrees with SQLite"
+            "in PostgreSQL, HNSW-indexed with the rows"
+            if info.path.startswith("postgres")
+            else "FAISS agrees with SQLite"
             if info.faiss_agrees
             else "FAISS out of date (rebuilt on next use)",
         ),
@@ -341,6 +348,7 @@ def status(
 def doctor(
     index: IndexName = None,
     index_dir: IndexDir = None,
+    store: StoreUrl = None,
     repair: Annotated[
         bool, typer.Option("--repair", help="Fix what can be fixed without the source files.")
     ] = False,
@@ -354,7 +362,9 @@ def doctor(
     from ragkit import pipeline
 
     setup_logging(verbose)
-    report = pipeline.doctor(index=index, index_dir=index_dir, repair=repair, wait=wait)
+    report = pipeline.doctor(
+        index=index, index_dir=index_dir, store=store, repair=repair, wait=wait
+    )
     if as_json:
         typer.echo(json.dumps(health_json(report), indent=2, ensure_ascii=False))
     else:
@@ -363,11 +373,47 @@ def doctor(
         raise typer.Exit(EXIT_UNHEALTHY)
 
 
+@app.command()
+def copy(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", help="Where to copy: a postgresql:// URL, or a folder of indexes (SQLite)."
+        ),
+    ],
+    to_index: Annotated[
+        str | None, typer.Option(help="Name of the copy [default: the index's own name].")
+    ] = None,
+    index: IndexName = None,
+    index_dir: IndexDir = None,
+    store: StoreUrl = None,
+    as_json: AsJson = False,
+    verbose: Verbose = False,
+) -> None:
+    """Copy an index to another store (folder <-> PostgreSQL) with its vectors: no re-embedding."""
+    from ragkit import pipeline
+
+    setup_logging(verbose)
+    report = pipeline.copy(to, to_index=to_index, index=index, index_dir=index_dir, store=store)
+    if as_json:
+        typer.echo(json.dumps(asdict(report), indent=2))
+        return
+    typer.echo(
+        f"copied {report.source} to {report.target}: {report.documents} documents,"
+        f" {report.chunks} chunks, {report.vectors} vectors (none embedded again)"
+    )
+
+
 def _print_health(report: HealthReport, *, repair: bool) -> None:
     faiss = "no readable" if report.faiss_vectors is None else f"{report.faiss_vectors} in the"
+    postgres = report.index.startswith("postgres")
     out(
         f"{report.index}: {report.documents} documents, {report.chunks} chunks,"
-        f" {report.vectors} vectors in SQLite, {faiss} FAISS file"
+        + (
+            f" {report.vectors} vectors in PostgreSQL (HNSW-indexed)"
+            if postgres
+            else f" {report.vectors} vectors in SQLite, {faiss} FAISS file"
+        )
     )
     for action in report.repaired:
         out(f"repaired: {action}")
@@ -375,5 +421,7 @@ def _print_health(report: HealthReport, *, repair: bool) -> None:
         out(f"problem [{problem.code}]: {problem.detail}")
         hint = "--repair will" if problem.repairable and not repair else "to fix"
         out(f"    {hint}: {problem.fix}")
-    if report.ok:
+    if report.ok and postgres:
+        out("healthy: manifest, rows, vector and keyword indexes are sound")
+    elif report.ok:
         out("healthy: FAISS agrees with SQLite; manifest, rows and keyword index are sound")

@@ -20,6 +20,7 @@ from ragkit.cli.common import (
     ModifiedAfter,
     ModifiedBefore,
     PathGlob,
+    StoreUrl,
     TopK,
     Verbose,
     app,
@@ -62,6 +63,7 @@ def search(
     heading: Heading = None,
     index: IndexName = None,
     index_dir: IndexDir = None,
+    store: StoreUrl = None,
     as_json: AsJson = False,
     verbose: Verbose = False,
 ) -> None:
@@ -77,7 +79,7 @@ def search(
     settings = Settings.load(
         k=k, min_score=min_score, path=path, mode=mode, mmr=mmr, mmr_lambda=mmr_lambda,
         file_type=file_type, modified_after=modified_after, modified_before=modified_before,
-        heading=heading, index=index, index_dir=index_dir,
+        heading=heading, index=index, index_dir=index_dir, store=store,
     )  # fmt: skip
     hits = pipeline.search(query, settings)
     if as_json:

@@ -26,6 +26,11 @@ The package is the only code that reads or writes index files:
 - ``keyword.py``: FTS5 queries and BM25 ranking.
 - ``lock.py``: the one-writer lock.
 - ``health.py``: ``Store.check`` and ``Store.repair`` (``ragkit doctor``).
+- ``protocol.py``: ``IndexStore``, the seam every caller uses; ``address.py`` opens the store the
+  ``store`` setting names (the folder, or PostgreSQL); ``where.py`` compiles filters for SQLite.
+- ``postgres.py`` (``PostgresStore``), ``postgres_schema.py``, ``postgres_search.py``,
+  ``postgres_health.py``: the same index as a schema in PostgreSQL with pgvector.
+- ``copy.py``: ``ragkit copy``, an index from one store to another with its vectors.
 """
 
 from ragkit.store.health import HealthReport, Problem

@@ -6,6 +6,7 @@ import re
 import sqlite3
 
 from ragkit.filters import Filters
+from ragkit.store.where import sqlite_where
 
 # Lucene's English stop set (EnglishAnalyzer, also Anserini's default): left out of keyword
 # queries because they match nearly every chunk and only add noise to BM25's sum.
@@ -21,6 +22,11 @@ STOPWORDS = frozenset({
 _TERM = re.compile(r"[^\W_]+")
 
 
+def terms(query: str) -> list[str]:
+    """The words of ``query``, lower-cased, as the unicode61 tokenizer splits them."""
+    return [t.lower() for t in _TERM.findall(query)]
+
+
 def fts_match(query: str) -> str:
     """User text as a safe FTS5 query: each word a quoted string, OR-joined, ranked by BM25.
 
@@ -29,8 +35,8 @@ def fts_match(query: str) -> str:
     query has nothing else; repeated words stay, weighting them as BM25's query term frequency.
     Returns "" when the text has no words at all.
     """
-    terms = [t.lower() for t in _TERM.findall(query)]
-    content = [t for t in terms if t not in STOPWORDS] or terms
+    words = terms(query)
+    content = [t for t in words if t not in STOPWORDS] or words
     return " OR ".join(f'"{t}"' for t in content)
 
 
@@ -65,7 +71,7 @@ def keyword_search(
             if "chunks_pending" not in str(exc):
                 raise
             # An index from before chunks_pending, on storage too read-only to migrate it.
-    where, args = filters.where()
+    where, args = sqlite_where(filters)
     rows = conn.execute(
         "SELECT chunks_fts.rowid, bm25(chunks_fts) FROM chunks_fts"
         " JOIN chunks c ON c.id = chunks_fts.rowid JOIN documents d ON d.id = c.document_id"

@@ -37,6 +37,7 @@ from ragkit.store.schema import (
     open_db,
     read_manifest,
 )
+from ragkit.store.where import sqlite_where
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -502,6 +503,13 @@ class Store:
                 out[int(row[0])] = StoredChunk(*row)
         return out
 
+    def chunk_documents(self) -> dict[int, str]:
+        """Every chunk id with the path of its document."""
+        rows = self.db.conn.execute(
+            "SELECT c.id, d.path FROM chunks c JOIN documents d ON d.id = c.document_id"
+        )
+        return {int(i): str(p) for i, p in rows}
+
     def chunk_ids(
         self, *, path_glob: str | None = None, filters: Filters | None = None
     ) -> NDArray[np.int64]:
@@ -509,7 +517,7 @@ class Store:
         sql = "SELECT c.id FROM chunks c"
         args: list[Any] = []
         if path_glob or (filters is not None and filters.active):
-            where, args = (filters or Filters()).where()
+            where, args = sqlite_where(filters)
             if path_glob:
                 where += " AND d.path GLOB ?"
                 args.append(path_glob)
