@@ -213,7 +213,7 @@ def test_an_index_from_an_earlier_release_is_migrated_on_open(tmp_path):
     again.close()
 
 
-def test_bulk_writes_commit_together_and_roll_back_together(tmp_path):
+def test_bulk_writes_commit_together_and_keep_whole_documents_on_interrupt(tmp_path):
     store, _ = _store(tmp_path, "flat", docs=1)
 
     def put(name: str) -> None:
@@ -228,11 +228,22 @@ def test_bulk_writes_commit_together_and_roll_back_together(tmp_path):
             chunks=[_chunk(0, name)],
         )
 
-    with pytest.raises(KeyboardInterrupt), store.bulk():
-        put("a.txt")
-        put("b.txt")
-        raise KeyboardInterrupt
+    # A database error rolls the open transaction back: none of its documents stay.
+    with pytest.raises(sqlite3.OperationalError), store.bulk():
+        put("x.txt")
+        store.db.conn.execute("SELECT * FROM no_such_table")
     assert set(store.documents()) == {"doc0.txt"}
+    # Ctrl-C keeps the documents written whole, and not the one it interrupted.
+    with pytest.raises(KeyboardInterrupt), store.bulk():
+        put("y.txt")
+        with store._write() as conn:  # a document write cut short halfway
+            conn.execute(
+                "INSERT INTO documents(path, sha256, size, mtime, kind, status, indexed_at)"
+                " VALUES ('z.txt', 'z', 1, 1.0, 'text', 'pending', 'now')"
+            )
+            raise KeyboardInterrupt
+    assert set(store.documents()) == {"doc0.txt", "y.txt"}
+    store.remove_documents(["y.txt"])
     with store.bulk(chunks_per_commit=2):
         put("a.txt")
         put("b.txt")  # commits here: a reader sees both
