@@ -37,16 +37,8 @@ if TYPE_CHECKING:
     )
     from ragkit.evaluation import EvalReport
     from ragkit.library import Index, open
-    from ragkit.pipeline import (
-        IndexReport,
-        IndexStatus,
-        ask,
-        doctor,
-        evaluate,
-        index,
-        search,
-        status,
-    )
+    from ragkit.maintenance import IndexStatus, doctor, evaluate, status
+    from ragkit.pipeline import IndexReport, ask, index, search
     from ragkit.retriever import Hit
     from ragkit.store import HealthReport, Problem, Store
 
@@ -56,9 +48,9 @@ _EXPORTS = {
     "index": "ragkit.pipeline",
     "search": "ragkit.pipeline",
     "ask": "ragkit.pipeline",
-    "status": "ragkit.pipeline",
-    "doctor": "ragkit.pipeline",
-    "evaluate": "ragkit.pipeline",
+    "status": "ragkit.maintenance",
+    "doctor": "ragkit.maintenance",
+    "evaluate": "ragkit.maintenance",
     "open": "ragkit.library",
     "Index": "ragkit.library",
     "EvalReport": "ragkit.evaluation",
@@ -67,7 +59,7 @@ _EXPORTS = {
     "aindex": "ragkit.aio",
     "Turn": "ragkit.conversation",
     "IndexReport": "ragkit.pipeline",
-    "IndexStatus": "ragkit.pipeline",
+    "IndexStatus": "ragkit.maintenance",
     "Settings": "ragkit.config",
     "Document": "ragkit.documents",
     "Skipped": "ragkit.documents",

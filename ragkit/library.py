@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ragkit import pipeline
+from ragkit import components, maintenance, pipeline
 from ragkit.config import Overrides, Settings
 from ragkit.errors import ConfigError
 from ragkit.retriever import check_query
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from ragkit.chat import ChatModel
     from ragkit.conversation import Turn
     from ragkit.embedders import Embedder
-    from ragkit.pipeline import IndexReport, IndexStatus, Progress
+    from ragkit.maintenance import IndexStatus
+    from ragkit.pipeline import IndexReport, Progress
     from ragkit.retriever import Hit
 
 T = TypeVar("T")
@@ -63,7 +64,7 @@ class Index:
         self._chat: ChatModel | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
-        store, embedder = pipeline.open_index(settings, query=True)
+        store, embedder = components.open_index(settings, query=True)
         self._embedder: Embedder = embedder
         self._stores.append(store)
         # Loaded by the first query that ranks by vector (keyword search needs none), checked
@@ -109,7 +110,7 @@ class Index:
         """
         settings = self._settings(overrides)
         query = check_query(query)
-        pipeline.filters(settings)  # refuse bad filter values before reading anything
+        components.filters(settings)  # refuse bad filter values before reading anything
         store = self._store(dense=settings.mode != "keyword")
         return pipeline.retrieve_hits(store, self._embedder, query, settings)
 
@@ -124,7 +125,7 @@ class Index:
         """Answer ``question`` with numbered citations (``ragkit.ask`` on this index)."""
         settings = self._settings(overrides)
         question = check_query(question)
-        pipeline.filters(settings)
+        components.filters(settings)
         store = self._store(dense=settings.mode != "keyword")
         return pipeline.answer(
             question,
@@ -154,7 +155,7 @@ class Index:
 
     def status(self) -> IndexStatus:
         """Where the index is, what built it, what it holds, and whether FAISS agrees."""
-        return pipeline.index_status(self._store(dense=False), self.settings)
+        return maintenance.index_status(self._store(dense=False), self.settings)
 
     def index(
         self,
@@ -214,10 +215,10 @@ class Index:
 
     def _chat_model(self, settings: Settings) -> ChatModel:
         if settings is not self.settings:  # per-call chat settings: a model for this call
-            return pipeline.chat_model(settings)
+            return components.chat_model(settings)
         with self._lock:
             if self._chat is None:
-                self._chat = pipeline.chat_model(settings)
+                self._chat = components.chat_model(settings)
             return self._chat
 
     async def _run(self, call: Callable[[], T]) -> T:
@@ -238,4 +239,4 @@ def open(settings: Settings | None = None, **overrides: Unpack[Overrides]) -> In
     ``k``, ``mode``...); those given here are the defaults of every call on the Index.
     """
     # A Settings object plus overrides is checked like keyword arguments (Settings.__post_init__).
-    return Index(pipeline._settings(settings, overrides))
+    return Index(components.resolve_settings(settings, overrides))

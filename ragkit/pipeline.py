@@ -3,8 +3,10 @@
 ``index(path)`` brings an index in line with a folder: new and changed files are loaded,
 chunked and committed one by one, then embedded batch by batch (each batch committed as it
 completes); deleted files are removed, renamed files re-pointed, and the FAISS file is rebuilt
-from SQLite. ``search`` and ``ask`` always use the embedder recorded in the index; ``doctor``
-checks (and repairs) the index's files.
+from SQLite. ``search`` and ``ask`` always use the embedder recorded in the index.
+
+How settings become the embedder, store and chat model is ``components``; what an index is and
+whether it is sound (status, doctor, eval, copy) is ``maintenance``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +29,15 @@ from ragkit.answerer import (
     llm_answer,
     should_abstain,
 )
-from ragkit.chat import ChatModel, OpenAIChatModel
+from ragkit.chat import ChatModel
 from ragkit.chunking import chunk_document
+from ragkit.components import (
+    cost_of,
+    embedder_for,
+    filters,
+    open_index,
+    resolve_settings,
+)
 from ragkit.config import Overrides, Settings
 from ragkit.context import context_window, fit_prompt
 from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
@@ -36,19 +45,12 @@ from ragkit.documents import Limits, Selection, Skipped
 from ragkit.embedders import (
     Embedder,
     embed_batches,
-    make_embedder,
-    parse_spec,
-    price_per_million_tokens,
 )
-from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
-from ragkit.evaluation import PROTOCOLS, EvalReport, load_beir
-from ragkit.evaluation import evaluate as run_evaluation
+from ragkit.errors import ConfigError, RagkitError
 from ragkit.extractive import extractive_answer, followup_hits
-from ragkit.filters import Filters, make_filters
-from ragkit.retriever import MODES, Hit, check_mode, check_query
+from ragkit.retriever import Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
-from ragkit.store import DocumentRow, HealthReport, Problem, cache_key
-from ragkit.store.copy import CopyReport
+from ragkit.store import DocumentRow, cache_key
 from ragkit.store.protocol import IndexStore
 from ragkit.sync import FolderSync
 
@@ -88,29 +90,6 @@ class IndexReport:
     def ok(self) -> bool:
         """True when every file was indexed or deliberately skipped."""
         return not self.failed
-
-
-@dataclass(frozen=True)
-class IndexStatus:
-    """An index's location, embedder, contents and health."""
-
-    index: str
-    path: str
-    embedder: str
-    dimension: int
-    source: str
-    documents: int
-    chunks: int
-    vectors: int
-    pending_documents: int
-    size_bytes: int
-    created: str
-    updated: str
-    tokens_embedded: int
-    faiss_generation: int
-    faiss_agrees: bool
-    extra: dict[str, Any] = field(default_factory=dict)
-    vector_index: str = "flat"  # the FAISS file's kind: flat (exact) or ivf (approximate)
 
 
 def _selection(settings: Settings, stored: str | None) -> dict[str, Any]:
@@ -160,79 +139,6 @@ def _folder_sync(
     return sync, encoded
 
 
-def _settings(settings: Settings | None, overrides: Overrides) -> Settings:
-    return Settings.load(**overrides) if settings is None else settings.replace(**overrides)
-
-
-def openai_credentials(settings: Settings) -> dict[str, Any]:
-    """The keyword arguments ``make_client`` needs to reach OpenAI, a compatible server or Azure."""
-    return {
-        "api_key": settings.openai_api_key,
-        "base_url": settings.openai_base_url,
-        "azure_endpoint": settings.azure_endpoint,
-        "azure_api_key": settings.azure_api_key,
-        "azure_api_version": settings.azure_api_version,
-    }
-
-
-# A question someone is waiting for gets a short retry budget (about ten seconds at most, each
-# retry logged as a warning); indexing keeps the long one, since it resumes unattended work.
-QUERY_MAX_RETRIES = 2
-QUERY_MAX_RETRY_DELAY = 2.0
-QUERY_TIMEOUT = 15.0
-
-
-def _embedder(
-    spec: str, settings: Settings, *, count_only: bool = False, query: bool = False
-) -> Embedder:
-    if query:
-        retries = {
-            "timeout": min(settings.openai_timeout, QUERY_TIMEOUT),
-            "max_retries": min(settings.openai_max_retries, QUERY_MAX_RETRIES),
-            "max_retry_delay": QUERY_MAX_RETRY_DELAY,
-            "purpose": "query embedding",
-        }
-    else:
-        retries = {"timeout": settings.openai_timeout, "max_retries": settings.openai_max_retries}
-    return make_embedder(
-        spec,
-        **openai_credentials(settings),
-        azure_deployment=settings.azure_deployment,
-        concurrency=settings.openai_concurrency,
-        batch_size=settings.batch_size,
-        count_only=count_only,  # a dry run counts tokens: no credentials needed
-        **retries,
-    )
-
-
-def _cost(embedder: Embedder, tokens: int) -> float | None:
-    price = price_per_million_tokens(embedder)
-    return None if price is None else tokens * price / 1e6
-
-
-def open_index(
-    settings: Settings, *, count_only: bool = False, query: bool = False
-) -> tuple[IndexStore, Embedder]:
-    """The index named by ``settings`` and the embedder it was built with (``query``: set up to
-    embed questions, with a short retry budget)."""
-    store = settings.address.open()
-    m = store.manifest
-    if settings.embedder:
-        provider, model = parse_spec(settings.embedder)
-        if provider != m.embedder or (model and model != m.model):
-            store.close()
-            raise IndexMismatchError(
-                f"index {settings.index} was built with {m.embedder_spec}, not {settings.embedder}:"
-                f" drop --embedder (and RAGKIT_EMBEDDER) to use {m.embedder_spec},"
-                " or build a new index with --index NEW_NAME"
-            )
-    try:
-        return store, _embedder(m.embedder_spec, settings, count_only=count_only, query=query)
-    except BaseException:
-        store.close()
-        raise
-
-
 def index(
     path: str | Path,
     /,
@@ -252,7 +158,7 @@ def index(
     With ``dry_run`` nothing is embedded or written (no index is created): the report says what
     a run would embed, how many tokens that is, and what it would cost.
     """
-    settings = _settings(settings, overrides)
+    settings = resolve_settings(settings, overrides)
     started = time.perf_counter()
     root = Path(path)
     if not root.exists():
@@ -266,7 +172,7 @@ def index(
         store, embedder = open_index(settings)
     else:
         spec = settings.embedder or ("openai" if settings.openai_configured else "local")
-        embedder = _embedder(spec, settings)
+        embedder = embedder_for(spec, settings)
         store = settings.address.create(
             embedder=embedder.name,
             model=embedder.model,
@@ -364,7 +270,7 @@ def index(
             chunks=counts["chunks"],
             tokens_embedded=tokens,
             seconds=time.perf_counter() - started,
-            cost_usd=_cost(embedder, tokens),
+            cost_usd=cost_of(embedder, tokens),
         )
 
 
@@ -375,7 +281,7 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
         store, embedder = open_index(settings, count_only=True)
     else:
         spec = settings.embedder or ("openai" if settings.openai_configured else "local")
-        embedder = _embedder(spec, settings, count_only=True)
+        embedder = embedder_for(spec, settings, count_only=True)
     try:
         if store is not None and store.manifest.source and store.manifest.source != source:
             raise ConfigError(
@@ -446,18 +352,7 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
         tokens_embedded=tokens,
         seconds=time.perf_counter() - started,
         dry_run=True,
-        cost_usd=_cost(embedder, tokens),
-    )
-
-
-def filters(settings: Settings) -> Filters:
-    """The metadata filters the settings ask for (path, file type, mtime range, heading)."""
-    return make_filters(
-        path=settings.path,
-        file_type=settings.file_type,
-        modified_after=settings.modified_after,
-        modified_before=settings.modified_before,
-        heading=settings.heading,
+        cost_usd=cost_of(embedder, tokens),
     )
 
 
@@ -486,7 +381,7 @@ def search(
     ``Hit.score`` is the mode's score (cosine, BM25 or fused); ``Hit.dense_score`` is always
     the cosine. Opens the index for this one call: apps that search often use ``ragkit.open``.
     """
-    settings = _settings(settings, overrides)
+    settings = resolve_settings(settings, overrides)
     query = check_query(query)
     filters(settings)  # refuse bad filter values before opening anything
     from ragkit.library import Index
@@ -510,7 +405,7 @@ def ask(
     a conversation's earlier turns: the newest that fit ``chat_history_tokens`` go to the model,
     and the previous question helps retrieval for follow-ups.
     """
-    settings = _settings(settings, overrides)
+    settings = resolve_settings(settings, overrides)
     question = check_query(question)
     filters(settings)  # refuse bad filter values before opening anything
     from ragkit.library import Index
@@ -577,149 +472,3 @@ def answer(
         history=fitted.history,
     )
     return dataclasses.replace(result, sources_dropped=fitted.sources_dropped)
-
-
-def chat_model(settings: Settings) -> ChatModel:
-    """The chat model ``settings`` describe, its request shaped for the model's family."""
-    client = None
-    if settings.azure_endpoint:
-        # Azure OpenAI through the SDK's Azure client; the chat model names the deployment.
-        from ragkit.chat import without_quota_retries
-        from ragkit.openai_client import make_client
-
-        client = without_quota_retries(make_client(**openai_credentials(settings)))
-    return OpenAIChatModel(
-        settings.chat_model,
-        api_key=settings.openai_api_key,
-        base_url=settings.openai_base_url,
-        client=client,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        max_tokens=settings.max_tokens,
-        seed=settings.seed,
-        stop=settings.stop,
-        reasoning_effort=settings.reasoning_effort,
-    )
-
-
-def status(settings: Settings | None = None, **overrides: Unpack[Overrides]) -> IndexStatus:
-    """Where the index is, what built it, what it holds, and whether FAISS agrees with SQLite."""
-    settings = _settings(settings, overrides)
-    with settings.address.open() as store:
-        return index_status(store, settings)
-
-
-def index_status(store: IndexStore, settings: Settings) -> IndexStatus:
-    """The status of an open store (its manifest and counts as committed now)."""
-    store.refresh_manifest()
-    m = store.manifest
-    counts = store.counts()
-    return IndexStatus(
-        index=settings.index,
-        path=str(settings.address),
-        embedder=m.embedder_spec,
-        dimension=m.dimension,
-        source=m.source,
-        documents=counts["documents"],
-        chunks=counts["chunks"],
-        vectors=counts["vectors"],
-        pending_documents=counts["pending_documents"],
-        size_bytes=store.size_on_disk(),
-        created=m.created,
-        updated=m.updated,
-        tokens_embedded=m.tokens_embedded,
-        faiss_generation=m.faiss_generation,
-        faiss_agrees=store.vectors_agree(),
-        vector_index=m.vector_index,
-    )
-
-
-def evaluate(
-    dataset: str | Path,
-    settings: Settings | None = None,
-    *,
-    protocols: Sequence[str] = PROTOCOLS,
-    modes: Sequence[str] = MODES,
-    split: str = "test",
-    progress: Progress | None = None,
-    **overrides: Unpack[Overrides],
-) -> EvalReport:
-    """Score retrieval on a BEIR-format dataset: nDCG@10, Recall@10/100, MRR@10 per mode.
-
-    The corpus is indexed once per protocol under ``index_dir`` as ``eval-<dataset>-…``
-    and reused by later runs. Only each query's text is given to the retriever.
-    """
-    settings = _settings(settings, overrides)
-    for mode in modes:
-        check_mode(mode)
-    data = load_beir(dataset, split)
-    spec = settings.embedder or "local"
-    embedder = _embedder(spec, settings)
-    return run_evaluation(
-        data,
-        embedder,
-        Path(settings.index_dir),
-        protocols=protocols,
-        modes=modes,
-        chunk_tokens=settings.chunk_tokens,
-        chunk_overlap=settings.chunk_overlap,
-        batch_size=max(settings.batch_size * 2, 64),
-        progress=progress,
-        store=settings.store,
-    )
-
-
-def copy(
-    to: str | Path,
-    settings: Settings | None = None,
-    *,
-    to_index: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    **overrides: Unpack[Overrides],
-) -> CopyReport:
-    """Copy the index to ``to`` (a postgresql:// URL, or a folder of indexes) without re-embedding.
-
-    The copy is named ``to_index`` (default: the same name); an index already there is refused.
-    """
-    from ragkit.store.address import SCHEMES
-    from ragkit.store.copy import copy_index
-
-    settings = _settings(settings, overrides)
-    target = str(to)
-    url = target.split("://", 1)[0] in SCHEMES
-    # A new Settings is checked as it is built: a bad target name or URL is refused here.
-    there = dataclasses.replace(
-        settings,
-        index=to_index or settings.index,
-        store=target if url else None,
-        index_dir=settings.index_dir if url else Path(target),
-    )
-    dest = there.address
-    if str(dest) == str(settings.address):
-        raise ConfigError(f"the copy would replace its source {dest}: give --to-index NAME")
-    with settings.address.open() as source:
-        return copy_index(source, str(settings.address), dest, progress=progress)
-
-
-def doctor(
-    settings: Settings | None = None,
-    *,
-    repair: bool = False,
-    wait: bool = False,
-    **overrides: Unpack[Overrides],
-) -> HealthReport:
-    """Check that the index's parts agree (FAISS, SQLite, keyword index, manifest); ``repair`` fixes
-    what can be fixed without the source files. Embedding what is missing is ``index``'s job."""
-    settings = _settings(settings, overrides)
-    try:
-        store = settings.address.open()
-    except IndexMismatchError as exc:  # a manifest that names no embedder, or another schema
-        return HealthReport(
-            index=str(settings.address),
-            problems=(Problem("manifest", str(exc), "build a new index", repairable=False),),
-        )
-    with store:
-        if not repair:
-            return store.check()
-        store.lock(wait=wait)
-        return store.repair()

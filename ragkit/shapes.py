@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ragkit.answerer import Answer
-    from ragkit.pipeline import IndexReport, IndexStatus
+    from ragkit.maintenance import IndexStatus
+    from ragkit.pipeline import IndexReport
     from ragkit.reading import Passage
     from ragkit.retriever import Hit
     from ragkit.store import HealthReport

@@ -13,7 +13,7 @@ import ragkit
 from ragkit.cli import app
 from ragkit.errors import RagkitError
 from ragkit.evaluation import documents_ranked, load_beir, mrr_at, ndcg_at, recall_at, score_run
-from ragkit.pipeline import evaluate
+from ragkit.maintenance import evaluate
 from tests import fakes
 
 ROOT = Path(__file__).resolve().parent.parent

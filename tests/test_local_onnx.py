@@ -13,12 +13,12 @@ import pytest
 from numpy.typing import NDArray
 
 import ragkit
+from ragkit.components import open_index
 from ragkit.config import Settings
 from ragkit.embedders import Embedder, local_onnx, make_embedder
 from ragkit.embedders.local import LocalEmbedder
 from ragkit.embedders.local_onnx import OnnxLocalEmbedder
 from ragkit.errors import ConfigError, IndexMismatchError
-from ragkit.pipeline import open_index
 from ragkit.store import cache_key
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"

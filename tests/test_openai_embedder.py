@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 import ragkit
-from ragkit import pipeline
+from ragkit import components, maintenance
 from ragkit.cli import app
 from ragkit.embedders import openai as openai_embedder
 from ragkit.embedders.openai import (
@@ -118,7 +118,7 @@ def assert_complete(tmp_path: Path, index: str, clean: dict[int, Any]) -> None:
     texts = [r[2] for r in got.values()]
     vectors = np.vstack([np.frombuffer(r[3], dtype="<f4") for r in got.values()])
     np.testing.assert_allclose(vectors, embed_texts(texts, MODEL), atol=1e-6)
-    status = pipeline.status(index_dir=tmp_path / "indexes", index=index)
+    status = maintenance.status(index_dir=tmp_path / "indexes", index=index)
     assert status.faiss_agrees and status.vectors == status.chunks == len(clean)
 
 
@@ -182,7 +182,9 @@ def test_clean_run_stores_the_server_vectors_and_its_billed_tokens(
     # Tokens recorded are the ones the server billed.
     billed = sum(r.prompt_tokens for r in sent)
     assert report.tokens_embedded == billed
-    assert pipeline.status(index_dir=tmp_path / "indexes", index="again").tokens_embedded == billed
+    assert (
+        maintenance.status(index_dir=tmp_path / "indexes", index="again").tokens_embedded == billed
+    )
     assert report.cost_usd == pytest.approx(billed * 0.02 / 1e6)
 
 
@@ -224,7 +226,7 @@ def test_identical_chunk_texts_in_one_run_are_sent_once(tmp_path, corpus, openai
         == dry.tokens_embedded
         == sum(r.prompt_tokens for r in openai_server.requests_for("embeddings"))
     )
-    status = pipeline.status(index_dir=tmp_path / "indexes", index="dedup")
+    status = maintenance.status(index_dir=tmp_path / "indexes", index="dedup")
     assert status.vectors == status.chunks and status.faiss_agrees
     by_text: dict[str, set[bytes]] = {}
     for _path, _ordinal, text, vector in snapshot(tmp_path, "dedup").values():
@@ -626,8 +628,8 @@ def test_keys_never_reach_the_index_logs_or_messages(tmp_path, corpus, openai_se
     openai_server.config.inject_randomly(Fault("server_error", endpoint="embeddings"), 0.3, seed=1)
     conf = settings(tmp_path, openai_server, "secret", openai_api_key=CANARY_KEY)
     ragkit.index(corpus, conf)
-    status = pipeline.status(index_dir=tmp_path / "indexes", index="secret")
-    messages = [repr(conf), repr(status), repr(pipeline._embedder("openai", conf))]
+    status = maintenance.status(index_dir=tmp_path / "indexes", index="secret")
+    messages = [repr(conf), repr(status), repr(components.embedder_for("openai", conf))]
     openai_server.config.api_keys = {"another"}
     openai_server.config.clear_faults()
     (corpus / "new.md").write_text("a new file about copper lanterns")

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 import ragkit
+import ragkit.maintenance
 from ragkit.chunking import Chunk
 from ragkit.cli import app
 from ragkit.errors import IndexLockedError
@@ -358,7 +359,7 @@ def test_copy_sqlite_to_postgres_and_back_keeps_every_vector(pg_url, tmp_path):
     assert again.chunks_embedded == 0 and again.unchanged == 30
     # A copy never replaces an index.
     with pytest.raises(ragkit.RagkitError, match="already exists"):
-        ragkit.pipeline.copy(pg_url, local)
+        ragkit.maintenance.copy(pg_url, local)
 
 
 def test_doctor_finds_and_repairs_a_dropped_vector_index(pg_url, tmp_path):

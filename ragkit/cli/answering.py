@@ -249,7 +249,7 @@ def chat(
     together with the previous question: an LLM judges what that finds; offline, only passages
     holding one of the new question's own words are kept.
     """
-    from ragkit import pipeline
+    from ragkit import maintenance, pipeline
     from ragkit.config import Settings
     from ragkit.conversation import Turn, fit_history
 
@@ -274,7 +274,7 @@ def chat(
             chat_history_tokens=history_tokens,
         )
     )
-    info = pipeline.status(settings)  # no index: say so now, not after the first question
+    info = maintenance.status(settings)  # no index: say so now, not after the first question
     interactive = sys.stdin.isatty()
     if interactive:
         import readline  # noqa: F401  (line editing and history for input())

@@ -69,12 +69,12 @@ def evaluate(
     The corpus is indexed under INDEX_DIR/eval-<dataset>-<protocol>-… and reused next time; only
     each query's text is given to the retriever.
     """
-    from ragkit import pipeline
+    from ragkit import maintenance
     from ragkit.evaluation import PROTOCOLS
     from ragkit.retriever import MODES
 
     setup_logging(verbose)
-    report = pipeline.evaluate(
+    report = maintenance.evaluate(
         dataset,
         protocols=tuple(protocol or PROTOCOLS),
         modes=tuple(mode or MODES),

@@ -311,9 +311,9 @@ def status(
     as_json: AsJson = False,
 ) -> None:
     """Show where an index is, what built it, and what it holds."""
-    from ragkit import pipeline
+    from ragkit import maintenance
 
-    info = pipeline.status(index=index, index_dir=index_dir, store=store)
+    info = maintenance.status(index=index, index_dir=index_dir, store=store)
     if as_json:
         typer.echo(json.dumps(status_json(info), indent=2))
         return
@@ -359,10 +359,10 @@ def doctor(
     verbose: Verbose = False,
 ) -> None:
     """Check that an index's FAISS file, SQLite rows, keyword index and manifest agree."""
-    from ragkit import pipeline
+    from ragkit import maintenance
 
     setup_logging(verbose)
-    report = pipeline.doctor(
+    report = maintenance.doctor(
         index=index, index_dir=index_dir, store=store, repair=repair, wait=wait
     )
     if as_json:
@@ -391,10 +391,10 @@ def copy(
     verbose: Verbose = False,
 ) -> None:
     """Copy an index to another store (folder <-> PostgreSQL) with its vectors: no re-embedding."""
-    from ragkit import pipeline
+    from ragkit import maintenance
 
     setup_logging(verbose)
-    report = pipeline.copy(to, to_index=to_index, index=index, index_dir=index_dir, store=store)
+    report = maintenance.copy(to, to_index=to_index, index=index, index_dir=index_dir, store=store)
     if as_json:
         typer.echo(json.dumps(asdict(report), indent=2))
         return

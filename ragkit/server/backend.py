@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ragkit import pipeline
+from ragkit import components
 from ragkit.config import Settings
 from ragkit.errors import QueryError
 from ragkit.library import Index
@@ -20,7 +20,7 @@ from ragkit.store import Store
 
 if TYPE_CHECKING:
     from ragkit.answerer import Answer
-    from ragkit.pipeline import IndexStatus
+    from ragkit.maintenance import IndexStatus
     from ragkit.retriever import Hit
 
 # What a request may change; everything else is the server's own setting.
@@ -69,7 +69,7 @@ class Backend:
                 f"k={settings.k} is more than this server allows: ask for at most"
                 f" {settings.max_k} (max_k)"
             )
-        pipeline.filters(settings)  # bad filter values are the caller's mistake: say so now
+        components.filters(settings)  # bad filter values are the caller's mistake: say so now
         return settings
 
     def search(self, query: str, **overrides: Any) -> tuple[Settings, list[Hit]]:
