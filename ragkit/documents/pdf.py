@@ -94,9 +94,11 @@ class _Worker:
                 conn.close()
         self._send = self._recv = None
         if self._proc is not None:
+            import subprocess
+
             try:
                 self._proc.wait(timeout=2)
-            except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: it is busy, so kill it
+            except subprocess.TimeoutExpired:  # still busy with a PDF: kill it
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
