@@ -19,8 +19,8 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from ragkit.errors import IndexMismatchError, RagkitError
-from ragkit.store.schema import BOOKKEEPING, Manifest
+from ragkit.errors import RagkitError
+from ragkit.store.schema import Manifest, manifest_from_rows
 
 if TYPE_CHECKING:
     import psycopg
@@ -141,28 +141,8 @@ def read_manifest(conn: psycopg.Connection[Any], where: str) -> Manifest:
     """The manifest of the index in the connection's schema."""
     rows = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM manifest")}
     try:
-        embedder, model = rows["embedder"], rows["model"]
-        dimension, schema = int(rows["dimension"]), int(rows["schema_version"])
-    except (KeyError, ValueError) as exc:
-        raise IndexMismatchError(
-            f"the manifest of index {where} is damaged ({exc!r}): the embedder that built it"
-            " is unknown; build a new index with `ragkit index PATH --index NEW_NAME`"
-        ) from None
-
-    def book(key: str) -> str:
-        value = rows.get(key, BOOKKEEPING[key])
-        return value if value.isdigit() or not BOOKKEEPING[key].isdigit() else BOOKKEEPING[key]
-
-    return Manifest(
-        embedder=embedder,
-        model=model,
-        dimension=dimension,
-        schema_version=schema,
-        created=book("created"),
-        updated=book("updated"),
-        tokens_embedded=int(book("tokens_embedded")),
-        faiss_generation=int(book("faiss_generation")),
-        faiss_count=int(book("faiss_count")),
-        source=book("source"),
-        vector_index="hnsw" if dimension <= HNSW_MAX_DIMENSION else "exact",
-    )
+        dimension = int(rows.get("dimension", ""))
+    except ValueError:
+        dimension = 0  # manifest_from_rows says what is wrong
+    kind = "hnsw" if dimension <= HNSW_MAX_DIMENSION else "exact"
+    return manifest_from_rows(rows, where, vector_index=kind)

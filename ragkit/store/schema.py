@@ -278,18 +278,28 @@ def connect(path: Path) -> sqlite_utils.Database:
 def read_manifest(db: sqlite_utils.Database, path: Path) -> Manifest:
     """The manifest of the index at ``path``; IndexMismatchError when it names no embedder."""
     rows = dict(db.conn.execute("SELECT key, value FROM manifest").fetchall())
+    return manifest_from_rows(
+        {str(k): str(v) for k, v in rows.items()},
+        path,
+        vector_index=str(rows.get("vector_index", "flat")),
+    )
+
+
+def manifest_from_rows(rows: dict[str, str], where: object, *, vector_index: str) -> Manifest:
+    """A manifest from its key/value rows (either store); IndexMismatchError when it names no
+    embedder. ``where`` names the index in the message; ``vector_index`` is the store's kind."""
     try:
-        embedder, model = str(rows["embedder"]), str(rows["model"])
+        embedder, model = rows["embedder"], rows["model"]
         dimension, schema = int(rows["dimension"]), int(rows["schema_version"])
     except (KeyError, ValueError) as exc:
         raise IndexMismatchError(
-            f"the manifest of index {path} is damaged ({exc!r}): the embedder that built it"
+            f"the manifest of index {where} is damaged ({exc!r}): the embedder that built it"
             " is unknown; build a new index with `ragkit index PATH --index NEW_NAME`"
         ) from None
 
     # Bookkeeping a damaged manifest may lack has safe defaults; `ragkit doctor` reports it.
     def book(key: str) -> str:
-        value = str(rows.get(key, BOOKKEEPING[key]))
+        value = rows.get(key, BOOKKEEPING[key])
         return value if value.isdigit() or not BOOKKEEPING[key].isdigit() else BOOKKEEPING[key]
 
     return Manifest(
@@ -303,5 +313,5 @@ def read_manifest(db: sqlite_utils.Database, path: Path) -> Manifest:
         faiss_generation=int(book("faiss_generation")),
         faiss_count=int(book("faiss_count")),
         source=book("source"),
-        vector_index=str(rows.get("vector_index", "flat")),
+        vector_index=vector_index,
     )
