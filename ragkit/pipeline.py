@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 # progress(stage, done, total): stage is "scan", "load" or "embed"
 Progress = Callable[[str, int, int], None]
+EMBED_PAGE = 10_000  # chunks read from the store at a time to embed
 
 
 @dataclass(frozen=True)
@@ -224,30 +225,9 @@ def index(
         store.remove_documents(removed)
         store.set_note("selection", selection)
 
-        # 4. Embed every chunk still without a vector, committing batch by batch. Identical
-        # texts (copies of a file, repeated boilerplate) share a cache key: each is sent once.
-        pending = store.pending()
-        embedded = tokens = 0
-        note("embed", 0, len(pending))
-        m = store.manifest
-        same_text: dict[str, list[int]] = {}  # cache key -> positions in pending
-        for pos, (_, text, _) in enumerate(pending):
-            key = cache_key(text, embedder=m.embedder, model=m.model, dimension=m.dimension)
-            same_text.setdefault(key, []).append(pos)
-        groups = list(same_text.values())
-        texts = [pending[g[0]][1] for g in groups]
-        for positions, vectors, used in embed_batches(
-            embedder, texts, max(settings.batch_size * 4, 64)
-        ):
-            owners = [groups[int(p)] for p in positions]
-            # The provider's own count when it reports one (what is billed), else ours.
-            batch_tokens = used if used is not None else sum(pending[g[0]][2] for g in owners)
-            ids = [pending[i][0] for g in owners for i in g]
-            rows = np.repeat(vectors, [len(g) for g in owners], axis=0)
-            store.set_vectors(ids, rows, batch_tokens)
-            embedded += len(ids)
-            tokens += batch_tokens
-            note("embed", embedded, len(pending))
+        # 4. Embed every chunk still without a vector, a page at a time, committing batch by
+        # batch: memory follows the page, not the corpus.
+        embedded, tokens = _embed_pending(store, embedder, settings, note)
 
         # 5. Derive the FAISS file from SQLite when anything changed, or when a killed run left
         # it (or the manifest's count of it) behind.
@@ -272,6 +252,49 @@ def index(
             seconds=time.perf_counter() - started,
             cost_usd=cost_of(embedder, tokens),
         )
+
+
+def _embed_pending(
+    store: IndexStore, embedder: Embedder, settings: Settings, note: Progress
+) -> tuple[int, int]:
+    """Give every chunk without a vector its vector; returns (chunks given one, tokens used).
+
+    Identical texts (copies of a file, repeated boilerplate) share a cache key and are sent
+    once: within a page by grouping, across pages by taking the vector an earlier page stored.
+    """
+    counts = store.counts()
+    total = counts["chunks"] - counts["vectors"]
+    m = store.manifest
+    embedded = tokens = 0
+    after = 0
+    note("embed", 0, total)
+    while page := store.pending(after=after, limit=EMBED_PAGE):
+        after = page[-1][0]
+        keys = [
+            cache_key(text, embedder=m.embedder, model=m.model, dimension=m.dimension)
+            for _, text, _ in page
+        ]
+        filled = store.fill_from_cache([i for i, _, _ in page], keys)
+        embedded += len(filled)
+        same_text: dict[str, list[int]] = {}  # cache key -> positions in page
+        for pos, ((chunk_id, _, _), key) in enumerate(zip(page, keys, strict=True)):
+            if chunk_id not in filled:
+                same_text.setdefault(key, []).append(pos)
+        groups = list(same_text.values())
+        texts = [page[g[0]][1] for g in groups]
+        for positions, vectors, used in embed_batches(
+            embedder, texts, max(settings.batch_size * 4, 64)
+        ):
+            owners = [groups[int(p)] for p in positions]
+            # The provider's own count when it reports one (what is billed), else ours.
+            batch_tokens = used if used is not None else sum(page[g[0]][2] for g in owners)
+            ids = [page[i][0] for g in owners for i in g]
+            rows = np.repeat(vectors, [len(g) for g in owners], axis=0)
+            store.set_vectors(ids, rows, batch_tokens)
+            embedded += len(ids)
+            tokens += batch_tokens
+            note("embed", embedded, total)
+    return embedded, tokens
 
 
 def _estimate(root: Path, source: str, settings: Settings, started: float) -> IndexReport:

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 import ragkit
-from ragkit import components, maintenance
+from ragkit import components, maintenance, pipeline
 from ragkit.cli import app
 from ragkit.embedders import openai as openai_embedder
 from ragkit.embedders.openai import (
@@ -209,7 +209,12 @@ def test_requests_are_bounded_in_tokens_and_in_seconds_of_work(openai_server):
     assert max(sent) <= MAX_PACKED_TOKENS < total  # the token bound holds without the other
 
 
-def test_identical_chunk_texts_in_one_run_are_sent_once(tmp_path, corpus, openai_server):
+@pytest.mark.parametrize("page", [None, 3], ids=["one page", "pages of 3 chunks"])
+def test_identical_chunk_texts_in_one_run_are_sent_once(
+    tmp_path, corpus, openai_server, monkeypatch, page
+):
+    if page is not None:  # copies then land in other pages than their first text
+        monkeypatch.setattr(pipeline, "EMBED_PAGE", page)
     for f in ("doc00.md", "doc01.md"):  # two copies of two files, in other folders
         for copy in ("copy-a", "copy-b"):
             (corpus / copy).mkdir(exist_ok=True)

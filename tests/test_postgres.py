@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import ragkit
 import ragkit.maintenance
+import ragkit.pipeline
 from ragkit.chunking import Chunk
 from ragkit.cli import app
 from ragkit.errors import IndexLockedError
@@ -188,6 +189,27 @@ def test_sync_embeds_only_what_changed(backend, tmp_path):
     with settings.address.open() as store:
         assert store.check().ok
         assert set(store.documents()) == {"a.md", "b.txt", "moved.txt"}
+
+
+def test_embedding_in_pages_sends_each_text_once(backend, tmp_path, monkeypatch):
+    monkeypatch.setattr(ragkit.pipeline, "EMBED_PAGE", 2)  # copies fall in later pages
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    words = ["Zebras graze.", "Owls hunt mice.", "Herons wade.", "Bats hunt moths."]
+    for name in ("a", "b", "c"):
+        (docs / f"{name}.md").write_text("".join(f"# {w}\n\n{w}\n\n" for w in words))
+    settings = ragkit.Settings.load(
+        environ={}, embedder="bow", chunk_tokens=16, chunk_overlap=0, **backend.settings
+    )
+    fakes.instances.clear()
+    report = ragkit.index(docs, settings)
+    embedded = [t for e in fakes.instances for t in e.embedded_texts]
+    assert report.chunks_embedded == report.chunks == 3 * len(embedded) > 2 * 2
+    assert len(embedded) == len(set(embedded))
+    with settings.address.open() as store:
+        assert store.pending() == [] and store.check().ok
+    hits = ragkit.search("herons wade", settings, k=3, mode="dense")
+    assert {h.path for h in hits} == {"a.md", "b.md", "c.md"}
 
 
 def test_one_writer_at_a_time_and_wait_queues(backend):

@@ -440,13 +440,25 @@ class PostgresStore:
             cur = conn.execute("DELETE FROM documents WHERE path = ANY(%s)", (wanted,))
             return cur.rowcount
 
-    def pending(self) -> list[tuple[int, str, int]]:
-        """(id, text, tokens) of every chunk still waiting for its vector, in document order."""
+    def pending(self, after: int = 0, limit: int | None = None) -> list[tuple[int, str, int]]:
+        """(id, text, tokens) of chunks still waiting for their vectors, ids above ``after``, in
+        id order (the order they were stored: document by document); at most ``limit``."""
         rows = self.conn.execute(
-            "SELECT id, text, tokens FROM chunks WHERE embedding IS NULL"
-            " ORDER BY document_id, ordinal"
+            "SELECT id, text, tokens FROM chunks WHERE embedding IS NULL AND id > %s"
+            " ORDER BY id LIMIT %s",
+            (after, limit),
         )
         return [(int(i), str(t), int(n)) for i, t, n in rows]
+
+    def fill_from_cache(self, ids: Sequence[int], keys: Sequence[str]) -> set[int]:
+        """Give these waiting chunks the stored vector of any chunk with the same cache key and
+        commit; returns the ids given one."""
+        found = self._cached_vectors(keys)
+        hits = [(int(i), found[k]) for i, k in zip(ids, keys, strict=True) if k in found]
+        if hits:
+            rows = np.stack([np.asarray(v.to_numpy(), dtype=np.float32) for _, v in hits])
+            self.set_vectors([i for i, _ in hits], rows)
+        return {i for i, _ in hits}
 
     def set_vectors(
         self, ids: Sequence[int], vectors: NDArray[np.float32], tokens: int = 0

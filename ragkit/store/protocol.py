@@ -109,8 +109,12 @@ class IndexStore(Protocol):
 
     # -- vectors ------------------------------------------------------------------------------
 
-    def pending(self) -> list[tuple[int, str, int]]:
-        """(id, text, tokens) of every chunk still waiting for its vector, in document order."""
+    def pending(self, after: int = 0, limit: int | None = None) -> list[tuple[int, str, int]]:
+        """(id, text, tokens) of chunks still waiting for their vectors, ids above ``after``, in
+        id order; at most ``limit``."""
+
+    def fill_from_cache(self, ids: Sequence[int], keys: Sequence[str]) -> set[int]:
+        """Give waiting chunks the stored vector of a chunk with the same cache key; the ids."""
 
     def set_vectors(
         self, ids: Sequence[int], vectors: NDArray[np.float32], tokens: int = 0

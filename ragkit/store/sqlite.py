@@ -442,15 +442,27 @@ class Store:
                 removed += 1
         return removed
 
-    def pending(self) -> list[tuple[int, str, int]]:
-        """(id, text, tokens) of every chunk still waiting for its vector, in document order."""
+    def pending(self, after: int = 0, limit: int | None = None) -> list[tuple[int, str, int]]:
+        """(id, text, tokens) of chunks still waiting for their vectors, ids above ``after``, in
+        id order (the order they were stored: document by document); at most ``limit``."""
         return [
             (int(i), str(t), int(n))
             for i, t, n in self.db.conn.execute(
-                "SELECT id, text, tokens FROM chunks WHERE vector IS NULL"
-                " ORDER BY document_id, ordinal"
+                "SELECT id, text, tokens FROM chunks WHERE vector IS NULL AND id > ?"
+                " ORDER BY id LIMIT ?",
+                (after, -1 if limit is None else limit),
             )
         ]
+
+    def fill_from_cache(self, ids: Sequence[int], keys: Sequence[str]) -> set[int]:
+        """Give these waiting chunks the stored vector of any chunk with the same cache key and
+        commit; returns the ids given one."""
+        found = self._cached_vectors(self.db.conn, keys)
+        hits = [(int(i), found[k]) for i, k in zip(ids, keys, strict=True) if k in found]
+        if hits:
+            rows = np.frombuffer(b"".join(blob for _, blob in hits), dtype="<f4")
+            self.set_vectors([i for i, _ in hits], rows.reshape(len(hits), -1))
+        return {i for i, _ in hits}
 
     def set_vectors(
         self, ids: Sequence[int], vectors: NDArray[np.float32], tokens: int = 0
