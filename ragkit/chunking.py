@@ -99,6 +99,8 @@ def chunk_document(
 
     newlines = [m.start() for m in re.finditer("\n", text)]
     mapped = [offset for offset, _ in doc.line_map]
+    heads = sorted(doc.headings, key=lambda h: h.start)
+    head_starts, paths = [h.start for h in heads], _heading_paths(heads)
     chunks: list[Chunk] = []
     for ordinal, (si, a, b, tokens) in enumerate(spans):
         section = sections[si]
@@ -111,6 +113,9 @@ def chunk_document(
             base = bisect_left(newlines, section.line_base)
             start_line = bisect_left(newlines, start) - base + 1
             end_line = bisect_left(newlines, end - 1) - base + 1
+        # The path in force at the chunk's last character: a bare heading merged into its
+        # subsection but cut off from it (too many tokens) keeps its own path.
+        here = bisect_right(head_starts, end - 1) - 1
         chunks.append(
             Chunk(
                 ordinal=ordinal,
@@ -120,7 +125,7 @@ def chunk_document(
                 start_line=start_line,
                 end_line=end_line,
                 page=section.page,
-                heading=section.heading,
+                heading=paths[here] if here >= 0 else "",
                 tokens=tokens,
                 page_label=section.page_label,
             )

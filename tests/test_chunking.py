@@ -96,7 +96,8 @@ def check(
         assert c.start_line == text.count("\n", base, c.start_char) + 1
         assert c.end_line == text.count("\n", base, c.end_char) + 1
         assert c.heading == heading_path(d.headings, c.end_char - 1)
-        # A heading inside a chunk is allowed only after nothing but heading lines.
+        # A heading inside a chunk is allowed only after nothing but heading lines (or the
+        # tail of one, when a heading line alone is over max_tokens).
         head_starts = {h.start for h in d.headings}
         for h in d.headings:
             if c.start_char < h.start < c.end_char:
@@ -106,7 +107,8 @@ def check(
                 ]
                 for s in line_starts:
                     line = text[s : text.find("\n", s)]
-                    assert s == h.start or s in head_starts or not line.strip(), line
+                    whole_line = text.rfind("\n", 0, s) + 1
+                    assert s == h.start or whole_line in head_starts or not line.strip(), line
     # No text is lost: every non-blank character (inside a page, for PDFs) is in some chunk.
     covered = bytearray(len(text) + 1)
     for c in chunks:
@@ -502,3 +504,13 @@ def test_spans_and_limit_hold_for_any_text(
         overlap = 0
     chunks = chunk_document(d, counter, max_tokens=max_tokens, overlap=overlap)
     check(d, chunks, counter, max_tokens)
+
+
+@pytest.mark.parametrize("text", ["# \n## a", "# X y z\n## a b c\nbody text here"])
+@pytest.mark.parametrize("max_tokens", [2, 3, 5])
+def test_a_heading_cut_off_from_its_subsection_keeps_its_own_path(
+    text: str, max_tokens: int
+) -> None:
+    d = doc(text, markdown_headings(text))
+    chunks = chunk_document(d, words, max_tokens=max_tokens)
+    check(d, chunks, words, max_tokens)  # each chunk's heading is the path at its end
