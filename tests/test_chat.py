@@ -656,6 +656,15 @@ def test_chat_extractive_without_llm_stops_at_exit(kb, openai_server):
     assert openai_server.requests == []
 
 
+def test_chat_opens_the_index_once_for_the_session(kb, openai_server):
+    fakes.instances.clear()
+    questions = f"{Q_HOURS}\n{Q_RETURNS}\n{Q_HOURS}\n"
+    result = runner.invoke(app, ["chat", "--no-stream"], input=questions, env=cli_env(kb))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("Sources:") == 3
+    assert len(fakes.instances) == 1  # one embedder (model, tokenizer) for every question
+
+
 def test_chat_goes_on_after_a_cut_turn(kb, openai_server):
     openai_server.config.inject(Fault("stream_cut", endpoint="chat"))
     result = runner.invoke(app, ["chat"], input=f"{Q_HOURS}\n{Q_RETURNS}\n", env=cli_env(kb))

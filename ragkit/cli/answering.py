@@ -249,7 +249,7 @@ def chat(
     together with the previous question: an LLM judges what that finds; offline, only passages
     holding one of the new question's own words are kept.
     """
-    from ragkit import maintenance, pipeline
+    from ragkit import maintenance
     from ragkit.config import Settings
     from ragkit.conversation import Turn, fit_history
 
@@ -285,38 +285,41 @@ def chat(
         )
     history: list[Turn] = []
     failed = False
-    for question in _questions(interactive):
-        if question is None:  # a line that was not UTF-8 text
-            failed = True
-            err("ragkit: error: that line is not valid UTF-8 text: type it again in UTF-8")
-            continue
-        if not interactive and not as_json:
-            out(f"> {question}")  # a transcript shows what each answer answers
-        printer = _Printer()
-        try:
-            answer = pipeline.ask(
-                question,
-                settings,
-                on_text=printer if stream and not as_json else None,
-                history=history,
-            )
-        except (ChatError, QueryError) as exc:
-            failed = True
-            if printer.parts and isinstance(exc, ChatError):
-                printer.cut_off(exc)
+    from ragkit.library import Index
+
+    # One open index for the session: the model and tokenizer load once, not per question.
+    with Index(settings) as idx:
+        for question in _questions(interactive):
+            if question is None:  # a line that was not UTF-8 text
+                failed = True
+                err("ragkit: error: that line is not valid UTF-8 text: type it again in UTF-8")
+                continue
+            if not interactive and not as_json:
+                out(f"> {question}")  # a transcript shows what each answer answers
+            printer = _Printer()
+            try:
+                answer = idx.ask(
+                    question,
+                    on_text=printer if stream and not as_json else None,
+                    history=history,
+                )
+            except (ChatError, QueryError) as exc:
+                failed = True
+                if printer.parts and isinstance(exc, ChatError):
+                    printer.cut_off(exc)
+                else:
+                    err(f"ragkit: error: {exc}")
+                continue
+            if as_json:
+                typer.echo(json.dumps(_answer_json(answer), ensure_ascii=False))
             else:
-                err(f"ragkit: error: {exc}")
-            continue
-        if as_json:
-            typer.echo(json.dumps(_answer_json(answer), ensure_ascii=False))
-        else:
-            _print_answer(answer, streamed=printer.text)
-            typer.echo("")
-        if verbose:
-            _print_usage(answer)
-        history = list(
-            fit_history([*history, Turn(question, answer.text)], settings.chat_history_tokens)
-        )
+                _print_answer(answer, streamed=printer.text)
+                typer.echo("")
+            if verbose:
+                _print_usage(answer)
+            history = list(
+                fit_history([*history, Turn(question, answer.text)], settings.chat_history_tokens)
+            )
     if failed:
         raise typer.Exit(EXIT_ERROR)
 
