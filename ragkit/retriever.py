@@ -198,13 +198,21 @@ def search(
         ranking = [(i, s) for i, s in ranking if i in rows]  # deleted since FAISS was written
         if not ranking:
             return []
-        stored = store.vectors([i for i, _ in ranking])
-    cosines = stored @ vector
+        # A dense ranking's scores are the cosines already (inner products of unit vectors):
+        # the stored vectors are read only for MMR, or for another mode's cosines.
+        stored = None
+        if mode != "dense" or diversify:
+            stored = store.vectors([i for i, _ in ranking])
+    if stored is None:
+        cosines = np.array([s for _, s in ranking], dtype=np.float32)
+    else:
+        cosines = stored @ vector
     if min_score is not None:
         keep = [j for j in range(len(ranking)) if cosines[j] >= min_score]
-        ranking, stored, cosines = [ranking[j] for j in keep], stored[keep], cosines[keep]
+        ranking, cosines = [ranking[j] for j in keep], cosines[keep]
+        stored = None if stored is None else stored[keep]
     order = list(range(min(k, len(ranking))))
-    if diversify and ranking:
+    if diversify and ranking and stored is not None:
         scores = np.array([s for _, s in ranking], dtype=np.float32)
         relevance = cosines if mode == "dense" else _unit_range(scores)
         order = mmr(relevance, stored, k, mmr_lambda)
