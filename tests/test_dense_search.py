@@ -174,3 +174,25 @@ def test_concurrent_dense_searches_match_serial_ones_and_leave_thread_settings(t
     for part, results in enumerate(parts):
         assert results == serial[part::4]
     assert faiss.omp_get_max_threads() == threads_before
+
+
+def test_per_call_overrides_are_checked_once_and_bad_ones_every_time(tmp_path, monkeypatch):
+    settings = ragkit.Settings.load(environ={}, index_dir=tmp_path / "ix", embedder="bow")
+    ragkit.index(write(tmp_path / "docs", PAGES), settings)
+    checks = [0]
+    real = ragkit.Settings.replace
+
+    def counted(self, **changes):
+        checks[0] += 1
+        return real(self, **changes)
+
+    monkeypatch.setattr(ragkit.Settings, "replace", counted)
+    with ragkit.open(settings) as idx:
+        checks[0] = 0
+        sizes = [len(idx.search("tyre pressure", mode="dense", k=k)) for k in (1, 2, 1, 2, 1)]
+        assert sizes == [1, 2, 1, 2, 1]
+        assert checks == [2]  # one check per distinct set of overrides
+        for _ in range(2):
+            with pytest.raises(ragkit.ConfigError):
+                idx.search("tyre pressure", k=0)
+        assert checks == [4]
