@@ -16,11 +16,11 @@ benchmark's environment (``pip install chromadb``); it is not a ragkit dependenc
 takes about an hour at 1M on this class of machine, so it runs only up to ``--chroma-max``
 (100k unless told otherwise: ``--chroma-max 1m`` includes it at 1M).
 
-"Bare" is measured two ways, interleaved query by query with ragkit so that machine load
-falls on all alike: bare FAISS flat (exact, one thread) + one SQLite read for the texts, and
+"Bare" is measured two ways: bare FAISS flat (exact, one thread) + one SQLite read for the texts, and
 bare ANN: the very FAISS file ragkit wrote (IVF past 50k vectors, flat below), read with plain
 ``faiss.read_index``, searched with ragkit's nprobe on one thread, + the same one SQLite read.
-``Index.search`` is compared with the latter (the same index, without ragkit around it).
+``Index.search`` is compared with the latter (the same index, without ragkit around it), timed
+interleaved with it query by query so that machine load falls on both alike.
 """
 
 from __future__ import annotations
@@ -254,10 +254,11 @@ def count_of(text: str) -> int:
 def timed_together(
     calls: dict[str, Callable[[Any], Any]], items: Sequence[Any]
 ) -> dict[str, tuple[list[float], list[Any]]]:
-    """Each call on each item, round-robin per item, so load spikes fall on every call alike."""
+    """Each call on each item, round-robin per item, so load spikes fall on every call alike;
+    the order alternates, so neither always runs in caches the other warmed (or emptied)."""
     out: dict[str, tuple[list[float], list[Any]]] = {name: ([], []) for name in calls}
-    for item in items:
-        for name, call in calls.items():
+    for j, item in enumerate(items):
+        for name, call in list(calls.items())[:: 1 if j % 2 else -1]:
             started = time.perf_counter()
             result = call(item)
             out[name][0].append((time.perf_counter() - started) * 1000)
@@ -313,8 +314,9 @@ def one_size(spec: str, queries: int, chroma: bool, work: Path) -> dict[str, Any
         by_id = dict(texts.fetchall())
         return [int(_ITEM.match(by_id[int(i)]).group(1)) for i in ids[0] if int(i) in by_id]
 
-    calls: dict[str, Callable[[Any], Any]] = {
-        "bare_ann": lambda j: bare_search(ann, ann_db, "chunks", qvecs[j]),
+    # Timed apart from ragkit and bare ANN: a flat scan (or Chroma) between two of their
+    # queries would empty the CPU caches that the next one then starts from.
+    others: dict[str, Callable[[Any], Any]] = {
         "bare": lambda j: bare_search(bare, conn, "t", qvecs[j]),
     }
     if chroma:
@@ -326,7 +328,7 @@ def one_size(spec: str, queries: int, chroma: bool, work: Path) -> dict[str, Any
             found = coll.query(query_embeddings=[qvecs[j]], n_results=10, include=["documents"])
             return [int(i) for i in found["ids"][0]]
 
-        calls["chroma"] = chroma_search
+        others["chroma"] = chroma_search
     # Keyword/hybrid queries: three words of a stored paragraph, plus the query's item tag.
     with ragkit.open(index_dir=work / "ix", index="scale", k=10) as idx:
         res["vector_index"] = idx.status().vector_index
@@ -334,7 +336,7 @@ def one_size(spec: str, queries: int, chroma: bool, work: Path) -> dict[str, Any
         for q, v, w in zip(qitems, qvecs, words, strict=True):
             SyntheticEmbedder.known[f"item{q}"] = SyntheticEmbedder.known[w] = v
         idx.search(f"item{qitems[0]}", mode="dense")
-        for call in calls.values():  # warm: Chroma loads its index on the first query
+        for call in others.values():  # warm: Chroma loads its index on the first query
             call(0)
         runs = timed_together(
             {
@@ -342,10 +344,12 @@ def one_size(spec: str, queries: int, chroma: bool, work: Path) -> dict[str, Any
                     int(_ITEM.match(h.text).group(1))
                     for h in idx.search(f"item{qitems[j]}", mode="dense")
                 ],
-                **calls,
+                "bare_ann": lambda j: bare_search(ann, ann_db, "chunks", qvecs[j]),
             },
             range(len(qitems)),
         )
+        for name, call in others.items():
+            runs |= timed_together({name: call}, range(len(qitems)))
         for name, (times, found) in runs.items():
             res[f"{name}_p50_ms"], res[f"{name}_p95_ms"] = pct(times, 0.5), pct(times, 0.95)
             res[f"{name}_recall"] = recall(found, truth)
