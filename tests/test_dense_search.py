@@ -3,6 +3,7 @@ FAISS file is trusted without reading every id, and searches from many threads d
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 from collections.abc import Sequence
@@ -196,3 +197,20 @@ def test_per_call_overrides_are_checked_once_and_bad_ones_every_time(tmp_path, m
             with pytest.raises(ragkit.ConfigError):
                 idx.search("tyre pressure", k=0)
         assert checks == [4]
+
+
+@pytest.mark.parametrize("mode", ["dense", "keyword", "hybrid"])
+def test_hits_carry_every_field_a_hit_has(tmp_path, mode):
+    """Hits are filled field by field for speed: each has all of Hit's fields, as Hit() makes."""
+    settings = ragkit.Settings.load(environ={}, index_dir=tmp_path / "ix", embedder="bow")
+    ragkit.index(write(tmp_path / "docs", PAGES), settings)
+    with ragkit.open(settings, mode=mode, k=4) as idx:
+        hits = idx.search("tyre pressure gauge")
+    assert len(hits) == 4
+    for hit in hits:
+        fields = dataclasses.asdict(hit)
+        assert set(fields) == {f.name for f in dataclasses.fields(retriever.Hit)}
+        again = retriever.Hit(**fields)
+        assert again == hit and hash(again) == hash(hit) and repr(again) == repr(hit)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            hit.rank = 9  # type: ignore[misc]
