@@ -16,9 +16,10 @@ benchmark's environment (``pip install chromadb``); it is not a ragkit dependenc
 takes about an hour at 1M on this class of machine, so it runs only up to ``--chroma-max``
 (100k unless told otherwise: ``--chroma-max 1m`` includes it at 1M).
 
-"Bare" is measured two ways: bare FAISS flat (exact, one thread) + one SQLite read for the texts, and
-bare ANN: the very FAISS file ragkit wrote (IVF past 50k vectors, flat below), read with plain
-``faiss.read_index``, searched with ragkit's nprobe on one thread, + the same one SQLite read.
+"Bare" is measured two ways: bare FAISS flat (exact, one thread) + one SQLite read for the
+texts, and bare ANN: the very FAISS file ragkit wrote (IVF past 50k vectors, flat below), read
+with plain ``faiss.read_index``, searched with ragkit's nprobe on one thread, + the same one
+SQLite read.
 ``Index.search`` is compared with the latter (the same index, without ragkit around it), timed
 interleaved with it query by query so that machine load falls on both alike.
 """
@@ -26,6 +27,7 @@ interleaved with it query by query so that machine load falls on both alike.
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import json
 import os
@@ -133,8 +135,23 @@ def write_corpus(folder: Path, n: int) -> None:
 # -- children: each ingest runs alone so its peak RSS is its own -----------------------------
 
 
+def record_peak(file: Path) -> None:
+    """Write this process's own peak RSS in kB to ``file``.
+
+    ``VmHWM`` counts only what this process mapped since it started the benchmark's script;
+    the ``ru_maxrss`` its parent gets also counts the parent it was forked from (Linux keeps
+    the larger across exec), which made a 78 MB cold search read 222 MB at 100k.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            file.write_text(line.split()[1])
+            return
+    raise SystemExit("no VmHWM in /proc/self/status: peak RSS needs Linux")
+
+
 def child(argv: list[str]) -> None:
     kind, work, n, dim = argv[0], Path(argv[1]), int(argv[2]), int(argv[3])
+    atexit.register(record_peak, work / f"peak-{os.getpid()}.kb")
     if kind == "ragkit":
         register()
         import ragkit
@@ -215,11 +232,15 @@ def run_child(*args: str, timeout: float = 900) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one child run."""
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"child {args[0]} failed with exit code {proc.returncode}")
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+    peak = Path(args[1]) / f"peak-{proc.pid}.kb"
+    kb = int(peak.read_text())
+    peak.unlink()
+    return wall, kb / 1024
 
 
 def size_of(path: Path) -> float:
