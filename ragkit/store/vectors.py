@@ -267,7 +267,7 @@ def search(
     scores, ids = _run(index, q, k, _params(faiss, nprobe, sel))
     want = min(k, index.ntotal if allowed is None else len(allowed))
     # Short rows are padded at the end, so a row is short when its last wanted slot is empty.
-    if want and nprobe < index.nlist and bool(np.any(ids[:, want - 1] < 0)):
+    if want and nprobe < index.nlist and min(ids[:, want - 1].tolist()) < 0:
         scores, ids = _run(index, q, k, _params(faiss, int(index.nlist), sel))
     return scores, ids
 
