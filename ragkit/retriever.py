@@ -237,11 +237,10 @@ def search(
         scores = np.array([s for _, s in ranking], dtype=np.float32)
         relevance = cosines if mode == "dense" else _unit_range(scores)
         order = mmr(relevance, stored, k, mmr_lambda)
-    hits: list[Hit] = []
-    for j in order:
-        chunk_id, score = ranking[j]
-        hit = _hit(
-            len(hits) + 1, float(np.float32(score)), float(cosines[j]), chunk_id, rows[chunk_id]
-        )
-        hits.append(hit)
-    return hits
+    # Converted once for all hits: the mode's scores as float32 values, the cosines as floats.
+    scores32 = np.asarray([s for _, s in ranking], dtype=np.float32).tolist()
+    dense_scores = cosines.tolist()
+    return [
+        _hit(n, scores32[j], dense_scores[j], ranking[j][0], rows[ranking[j][0]])
+        for n, j in enumerate(order, start=1)
+    ]
