@@ -650,7 +650,8 @@ class Store:
         """Replace the FAISS file with ``index`` (whole, or not at all), then record it."""
         vectors.write(self.path, index)
         # A kill here leaves the new file with the old generation and count in the manifest:
-        # harmless, because readers trust the ids in the file, not these counters.
+        # harmless, because readers trust the ids in the file, not these counters (the old
+        # stamp names the old file, so a reader compares the ids).
         generation = self.manifest.faiss_generation + 1
         with self.transaction() as conn:
             conn.executemany(
