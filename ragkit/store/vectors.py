@@ -11,7 +11,8 @@ setting), its ids the chunk row ids:
   and a memory-mapped file is read only for the lists a query probes. Measured on one thread
   (bench/scale.py's vectors, 384 dims): at 100k, IVF with ``NPROBE`` 16 answers in 0.34 ms at
   recall@10 0.994, built in 5 s; HNSW (M 32, efSearch 64) in 0.14 ms at 0.989, built in 32 s.
-  At 1M, IVF answers in 1.0 ms at recall@10 0.996 (0.6 ms at 0.987 with 8 lists).
+  At 1M, IVF answers in 0.9 ms at recall@10 0.996 (0.5 ms at 0.987 with 8 lists), built
+  in 52 s (``python bench/ann_choice.py --sizes 100k,1m --hnsw``).
 
 The file is written to a temporary file, fsynced and renamed into place, so a reader sees the
 old file or the new one, never half of one; a killed writer's temporary files are removed by
