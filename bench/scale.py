@@ -8,15 +8,26 @@ embedding-like (a clustered low-dimensional latent space, projected, plus noise)
 starts with ``item<N>`` and a registered "synthetic" embedder turns it back into its vector, so
 the real ``ragkit index`` path (files, chunking, embedding, storing) runs at full speed.
 
-    python bench/scale.py --sizes 10k,100k [--queries 200] [--no-chroma] [--scifact DIR]
+    python bench/scale.py --sizes 10k,100k [--queries 200] [--no-chroma] [--chroma-max 100k]
+                          [--scifact DIR] [--out results.json]
 
 Sizes: 10k, 100k, 1m, or NxDIM such as 100kx1536. Chroma must be installed in the
-benchmark's environment (``pip install chromadb``); it is not a ragkit dependency.
+benchmark's environment (``pip install chromadb``); it is not a ragkit dependency. Its ingest
+takes about an hour at 1M on this class of machine, so it runs only up to ``--chroma-max``
+(100k unless told otherwise: ``--chroma-max 1m`` includes it at 1M).
+
+"Bare" is measured two ways: bare FAISS flat (exact, one thread) + one SQLite read for the
+texts, and bare ANN: the very FAISS file ragkit wrote (IVF past 50k vectors, flat below), read
+with plain ``faiss.read_index``, searched with ragkit's nprobe on one thread, + the same one
+SQLite read.
+``Index.search`` is compared with the latter (the same index, without ragkit around it), timed
+interleaved with it query by query so that machine load falls on both alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import json
 import os
@@ -124,8 +135,23 @@ def write_corpus(folder: Path, n: int) -> None:
 # -- children: each ingest runs alone so its peak RSS is its own -----------------------------
 
 
+def record_peak(file: Path) -> None:
+    """Write this process's own peak RSS in kB to ``file``.
+
+    ``VmHWM`` counts only what this process mapped since it started the benchmark's script;
+    the ``ru_maxrss`` its parent gets also counts the parent it was forked from (Linux keeps
+    the larger across exec), which made a 78 MB cold search read 222 MB at 100k.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            file.write_text(line.split()[1])
+            return
+    raise SystemExit("no VmHWM in /proc/self/status: peak RSS needs Linux")
+
+
 def child(argv: list[str]) -> None:
     kind, work, n, dim = argv[0], Path(argv[1]), int(argv[2]), int(argv[3])
+    atexit.register(record_peak, work / f"peak-{os.getpid()}.kb")
     if kind == "ragkit":
         register()
         import ragkit
@@ -206,11 +232,15 @@ def run_child(*args: str, timeout: float = 900) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one child run."""
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"child {args[0]} failed with exit code {proc.returncode}")
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+    peak = Path(args[1]) / f"peak-{proc.pid}.kb"
+    kb = int(peak.read_text())
+    peak.unlink()
+    return wall, kb / 1024
 
 
 def size_of(path: Path) -> float:
@@ -237,9 +267,29 @@ def recall(found: list[list[int]], truth: np.ndarray) -> float:
     )
 
 
+def count_of(text: str) -> int:
+    """10k -> 10000, 1m -> 1000000."""
+    return int(float(text.lower().replace("k", "e3").replace("m", "e6")))
+
+
+def timed_together(
+    calls: dict[str, Callable[[Any], Any]], items: Sequence[Any]
+) -> dict[str, tuple[list[float], list[Any]]]:
+    """Each call on each item, round-robin per item, so load spikes fall on every call alike;
+    the order alternates, so neither always runs in caches the other warmed (or emptied)."""
+    out: dict[str, tuple[list[float], list[Any]]] = {name: ([], []) for name in calls}
+    for j, item in enumerate(items):
+        for name, call in list(calls.items())[:: 1 if j % 2 else -1]:
+            started = time.perf_counter()
+            result = call(item)
+            out[name][0].append((time.perf_counter() - started) * 1000)
+            out[name][1].append(result)
+    return out
+
+
 def one_size(spec: str, queries: int, chroma: bool, work: Path) -> dict[str, Any]:
     n_text, _, dim_text = spec.lower().partition("x")
-    n = int(float(n_text.replace("k", "e3").replace("m", "e6")))
+    n = count_of(n_text)
     dim = int(dim_text or 384)
     work.mkdir(parents=True)
     write_corpus(work / "docs", n)
@@ -262,13 +312,44 @@ def one_size(spec: str, queries: int, chroma: bool, work: Path) -> dict[str, Any
     data = vectors_for(np.arange(n), dim)
     sims = np.concatenate([qvecs @ data[s : s + 200_000].T for s in range(0, n, 200_000)], axis=1)
     truth = np.argsort(-sims, axis=1)[:, :10]
-    del sims
+    del sims, data
 
     register()
     import faiss
 
     import ragkit
+    from ragkit.store import vectors as ragkit_vectors
 
+    bare = faiss.read_index(str(work / "bare.faiss"))
+    conn = sqlite3.connect(work / "bare.db")
+    ann = faiss.read_index(str(work / "ix" / "scale" / ragkit_vectors.FAISS_NAME))
+    if isinstance(ann, faiss.IndexIVF):
+        ann.nprobe = ragkit_vectors.NPROBE
+    ann_db = sqlite3.connect(work / "ix" / "scale" / "ragkit.db")
+    faiss.omp_set_num_threads(1)  # this thread only; ragkit sets the same around its searches
+
+    def bare_search(index: Any, db: sqlite3.Connection, table: str, v: np.ndarray) -> list[int]:
+        _, ids = index.search(v.reshape(1, -1), 10)
+        marks = ",".join("?" * 10)
+        texts = db.execute(f"SELECT id, text FROM {table} WHERE id IN ({marks})", ids[0].tolist())
+        by_id = dict(texts.fetchall())
+        return [int(_ITEM.match(by_id[int(i)]).group(1)) for i in ids[0] if int(i) in by_id]
+
+    # Timed apart from ragkit and bare ANN: a flat scan (or Chroma) between two of their
+    # queries would empty the CPU caches that the next one then starts from.
+    others: dict[str, Callable[[Any], Any]] = {
+        "bare": lambda j: bare_search(bare, conn, "t", qvecs[j]),
+    }
+    if chroma:
+        import chromadb
+
+        coll = chromadb.PersistentClient(path=str(work / "chroma")).get_collection("scale")
+
+        def chroma_search(j: int) -> list[int]:
+            found = coll.query(query_embeddings=[qvecs[j]], n_results=10, include=["documents"])
+            return [int(i) for i in found["ids"][0]]
+
+        others["chroma"] = chroma_search
     # Keyword/hybrid queries: three words of a stored paragraph, plus the query's item tag.
     with ragkit.open(index_dir=work / "ix", index="scale", k=10) as idx:
         res["vector_index"] = idx.status().vector_index
@@ -276,37 +357,27 @@ def one_size(spec: str, queries: int, chroma: bool, work: Path) -> dict[str, Any
         for q, v, w in zip(qitems, qvecs, words, strict=True):
             SyntheticEmbedder.known[f"item{q}"] = SyntheticEmbedder.known[w] = v
         idx.search(f"item{qitems[0]}", mode="dense")
-        times, hits = timed(lambda q: idx.search(f"item{q}", mode="dense"), qitems)
-        res["ragkit_p50_ms"], res["ragkit_p95_ms"] = pct(times, 0.5), pct(times, 0.95)
-        res["ragkit_recall"] = recall(
-            [[int(_ITEM.match(h.text).group(1)) for h in r] for r in hits], truth
+        for call in others.values():  # warm: Chroma loads its index on the first query
+            call(0)
+        runs = timed_together(
+            {
+                "ragkit": lambda j: [
+                    int(_ITEM.match(h.text).group(1))
+                    for h in idx.search(f"item{qitems[j]}", mode="dense")
+                ],
+                "bare_ann": lambda j: bare_search(ann, ann_db, "chunks", qvecs[j]),
+            },
+            range(len(qitems)),
         )
+        for name, call in others.items():
+            runs |= timed_together({name: call}, range(len(qitems)))
+        for name, (times, found) in runs.items():
+            res[f"{name}_p50_ms"], res[f"{name}_p95_ms"] = pct(times, 0.5), pct(times, 0.95)
+            res[f"{name}_recall"] = recall(found, truth)
         for mode in ("keyword", "hybrid"):
             times, _ = timed(lambda w, m=mode: idx.search(w, mode=m), words)
             res[f"{mode}_p50_ms"] = pct(times, 0.5)
 
-    bare = faiss.read_index(str(work / "bare.faiss"))
-    conn = sqlite3.connect(work / "bare.db")
-    faiss.omp_set_num_threads(1)
-
-    def bare_search(v: np.ndarray) -> list[int]:
-        _, ids = bare.search(v.reshape(1, -1), 10)
-        marks = ",".join("?" * 10)
-        texts = conn.execute(f"SELECT id, text FROM t WHERE id IN ({marks})", ids[0].tolist())
-        by_id = dict(texts.fetchall())
-        return [int(i) for i in ids[0] if by_id.get(int(i))]
-
-    times, found = timed(bare_search, qvecs)
-    res["bare_p50_ms"], res["bare_p95_ms"] = pct(times, 0.5), pct(times, 0.95)
-    res["bare_recall"] = recall(found, truth)
-    if chroma:
-        import chromadb
-
-        coll = chromadb.PersistentClient(path=str(work / "chroma")).get_collection("scale")
-        ask = lambda v: coll.query(query_embeddings=[v], n_results=10, include=["documents"])  # noqa: E731
-        times, found = timed(ask, qvecs)
-        res["chroma_p50_ms"], res["chroma_p95_ms"] = pct(times, 0.5), pct(times, 0.95)
-        res["chroma_recall"] = recall([[int(i) for i in r["ids"][0]] for r in found], truth)
     return res
 
 
@@ -350,13 +421,20 @@ def main() -> None:
     parser.add_argument("--sizes", default="10k,100k")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--no-chroma", action="store_true")
+    parser.add_argument(
+        "--chroma-max", default="100k", help="run Chroma only at sizes up to this (its 1M ingest"
+        " takes about an hour here)"
+    )  # fmt: skip
     parser.add_argument("--scifact", type=Path, default=None, help="a prebuilt eval index folder")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("SCALE_TMP")) as tmp:
         for spec in [s for s in args.sizes.split(",") if s and s != "none"]:
-            res = one_size(spec, args.queries, not args.no_chroma, Path(tmp) / spec)
+            chroma = not args.no_chroma and count_of(spec.partition("x")[0]) <= count_of(
+                args.chroma_max
+            )
+            res = one_size(spec, args.queries, chroma, Path(tmp) / spec)
             shutil.rmtree(Path(tmp) / spec, ignore_errors=True)
             results.append(res)
             print(json.dumps(res), flush=True)
@@ -369,10 +447,15 @@ def main() -> None:
             continue
         line = (
             f"{r['size']:>10}: ragkit ({r['vector_index']}) p50 {r['ragkit_p50_ms']:.2f} ms"
-            f" recall {r['ragkit_recall']:.3f} | bare flat {r['bare_p50_ms']:.2f} ms"
+            f" p95 {r['ragkit_p95_ms']:.2f} ms recall {r['ragkit_recall']:.3f}"
+            f" | bare same index {r['bare_ann_p50_ms']:.2f} ms"
+            f" ({r['ragkit_p50_ms'] / r['bare_ann_p50_ms']:.2f}x)"
+            f" | bare flat {r['bare_p50_ms']:.2f} ms recall {r['bare_recall']:.3f}"
             f" ({r['ragkit_p50_ms'] / r['bare_p50_ms']:.2f}x)"
         )
-        if "chroma_p50_ms" in r:
+        if "chroma_p50_ms" not in r:
+            line += " | chroma not run (--no-chroma, or above --chroma-max)"
+        else:
             line += (
                 f" | chroma {r['chroma_p50_ms']:.2f} ms recall {r['chroma_recall']:.3f}"
                 f" ({r['chroma_p50_ms'] / r['ragkit_p50_ms']:.1f}x slower than ragkit)"

@@ -14,6 +14,7 @@ and ``min_score`` are judged on it, since only the cosine has a meaning across q
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ragkit.embedders import Embedder
 from ragkit.errors import QueryError
 from ragkit.filters import Filters
 from ragkit.store.protocol import IndexStore
+from ragkit.store.schema import StoredChunk
 
 MODES = ("dense", "keyword", "hybrid")
 RRF_K = 60  # Cormack, Clarke & Buettcher (SIGIR 2009): the constant used unchanged since
@@ -53,6 +55,21 @@ class Hit:
     # Cosine similarity to the query, whatever the mode; None only on Hits built elsewhere.
     dense_score: float | None = None
     page_label: str | None = None  # the PDF page's printed label when it differs from page
+
+
+def _hit(rank: int, score: float, dense_score: float, chunk_id: int, row: StoredChunk) -> Hit:
+    """The Hit of a stored chunk row. Filled into ``__dict__`` directly: a frozen dataclass's
+    ``__init__`` sets each of 13 fields through ``object.__setattr__`` (~4 us a Hit here, k of
+    them a tenth of a warm dense query); this makes the same frozen Hit in a third of that."""
+    hit: Hit = object.__new__(Hit)
+    fields = hit.__dict__
+    fields["rank"], fields["score"], fields["chunk_id"] = rank, score, chunk_id
+    fields["path"], fields["page"], fields["text"] = row.path, row.page, row.text
+    fields["start_line"], fields["end_line"] = row.start_line, row.end_line
+    fields["start_char"], fields["end_char"] = row.start_char, row.end_char
+    fields["heading"], fields["dense_score"] = row.heading, dense_score
+    fields["page_label"] = row.page_label
+    return hit
 
 
 def check_query(query: str) -> str:
@@ -93,7 +110,9 @@ def dense_ranking(
 ) -> Ranking:
     """The ``depth`` chunks nearest to one query vector, by cosine."""
     scores, ids = store.search_vectors(vector.reshape(1, -1), depth, allowed=allowed)
-    return [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+    # tolist(): Python numbers at once, rather than a numpy scalar per element (2x faster)
+    pairs = zip(scores[0].tolist(), ids[0].tolist(), strict=True)
+    return [(int(i), float(s)) for s, i in pairs if i >= 0]
 
 
 def rank(
@@ -191,42 +210,37 @@ def search(
     if mode != "keyword":
         store.faiss_index()  # loaded (or rebuilt, which may write) before the snapshot begins
     # Ranking, rows and vectors come from one read transaction, so a writer committing in
-    # between cannot delete a row after it was ranked and before its vector is read.
-    with store.snapshot():
+    # between cannot delete a row after it was ranked and before its vector is read. Dense
+    # search without filters or MMR reads only the rows (what went since is dropped below).
+    alone = mode == "dense" and not diversify and not (filters is not None and filters.active)
+    with contextlib.nullcontext() if alone else store.snapshot():
         ranking = rank(store, query, vector, mode, depth, filters=filters)
         rows = store.chunks([i for i, _ in ranking])
         ranking = [(i, s) for i, s in ranking if i in rows]  # deleted since FAISS was written
         if not ranking:
             return []
-        stored = store.vectors([i for i, _ in ranking])
-    cosines = stored @ vector
+        # A dense ranking's scores are the cosines already (inner products of unit vectors):
+        # the stored vectors are read only for MMR, or for another mode's cosines.
+        stored = None
+        if mode != "dense" or diversify:
+            stored = store.vectors([i for i, _ in ranking])
+    if stored is None:
+        cosines = np.array([s for _, s in ranking], dtype=np.float32)
+    else:
+        cosines = stored @ vector
     if min_score is not None:
         keep = [j for j in range(len(ranking)) if cosines[j] >= min_score]
-        ranking, stored, cosines = [ranking[j] for j in keep], stored[keep], cosines[keep]
+        ranking, cosines = [ranking[j] for j in keep], cosines[keep]
+        stored = None if stored is None else stored[keep]
     order = list(range(min(k, len(ranking))))
-    if diversify and ranking:
+    if diversify and ranking and stored is not None:
         scores = np.array([s for _, s in ranking], dtype=np.float32)
         relevance = cosines if mode == "dense" else _unit_range(scores)
         order = mmr(relevance, stored, k, mmr_lambda)
-    hits: list[Hit] = []
-    for j in order:
-        chunk_id, score = ranking[j]
-        row = rows[chunk_id]
-        hits.append(
-            Hit(
-                rank=len(hits) + 1,
-                score=float(np.float32(score)),
-                chunk_id=chunk_id,
-                path=row.path,
-                page=row.page,
-                start_line=row.start_line,
-                end_line=row.end_line,
-                start_char=row.start_char,
-                end_char=row.end_char,
-                heading=row.heading,
-                text=row.text,
-                dense_score=float(cosines[j]),
-                page_label=row.page_label,
-            )
-        )
-    return hits
+    # Converted once for all hits: the mode's scores as float32 values, the cosines as floats.
+    scores32 = np.asarray([s for _, s in ranking], dtype=np.float32).tolist()
+    dense_scores = cosines.tolist()
+    return [
+        _hit(n, scores32[j], dense_scores[j], ranking[j][0], rows[ranking[j][0]])
+        for n, j in enumerate(order, start=1)
+    ]

@@ -16,14 +16,16 @@ from numpy.typing import NDArray
 
 from ragkit.errors import IndexMismatchError, IndexNotFoundError, RagkitError
 from ragkit.filters import Filters
-from ragkit.store import health, keyword, vectors
+from ragkit.store import freshness, health, keyword, vectors
 from ragkit.store.disk import storage_errors
+from ragkit.store.freshness import STAMP_KEY
 from ragkit.store.health import HealthReport
 from ragkit.store.lock import WriteLock
 from ragkit.store.schema import (
     DB_NAME,
     SCHEMA,
     SCHEMA_VERSION,
+    Database,
     DocumentRow,
     Manifest,
     StoredChunk,
@@ -40,8 +42,6 @@ from ragkit.store.schema import (
 from ragkit.store.where import sqlite_where
 
 if TYPE_CHECKING:
-    import sqlite_utils
-
     from ragkit.chunking import Chunk
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,13 @@ EXACT_FILTERED = 4_096
 class Store:
     """One index folder: open it, change it under the write lock, search its vectors."""
 
-    def __init__(self, path: Path, db: sqlite_utils.Database, manifest: Manifest) -> None:
+    def __init__(self, path: Path, db: Database, manifest: Manifest) -> None:
         self.path = path
         self.db = db
         self.manifest = manifest
         self._faiss: Any = None
         # vectors_deleted as of SQLite's data_version _deleted_at (None: read it again)
-        self._deleted: NDArray[np.int64] | None = None
+        self._deleted: vectors.Excluded | None = None
         self._deleted_at: int | None = None
         self._lock = WriteLock(path)
         self._page_labels = True  # False for an old read-only index without the column
@@ -662,7 +662,8 @@ class Store:
         """Replace the FAISS file with ``index`` (whole, or not at all), then record it."""
         vectors.write(self.path, index)
         # A kill here leaves the new file with the old generation and count in the manifest:
-        # harmless, because readers trust the ids in the file, not these counters.
+        # harmless, because readers trust the ids in the file, not these counters (the old
+        # stamp names the old file, so a reader compares the ids).
         generation = self.manifest.faiss_generation + 1
         with self.transaction() as conn:
             conn.executemany(
@@ -673,6 +674,10 @@ class Store:
                     ("faiss_count", str(index.ntotal)),
                     ("vector_index", vectors.kind_of(index)),
                     ("updated", now()),
+                    (
+                        STAMP_KEY,
+                        freshness.stamp(conn, self.path / vectors.FAISS_NAME, index.ntotal),
+                    ),
                 ],
             )
             # Written under the lock from SQLite: the new file holds none of the deleted ids.
@@ -694,7 +699,7 @@ class Store:
             log.warning("%s; rebuilding it from SQLite", problem)
         return index
 
-    def _deleted_ids(self) -> NDArray[np.int64]:
+    def _deleted_ids(self) -> vectors.Excluded:
         """Ids deleted from SQLite that the FAISS file may still hold (read again only after a
         commit: ``PRAGMA data_version`` tells, without reading a table)."""
         version = self.data_version()
@@ -704,7 +709,8 @@ class Store:
             rows = self.db.conn.execute("SELECT id FROM vectors_deleted").fetchall()
         except sqlite3.OperationalError:  # an index from before the table, not yet migrated
             rows = []
-        self._deleted = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self._deleted = vectors.Excluded(ids)
         self._deleted_at = version
         return self._deleted
 
@@ -716,8 +722,15 @@ class Store:
         """
         if self._faiss is not None:
             return self._faiss
+        file = self.path / vectors.FAISS_NAME
+        before = freshness.identity(file)
         index = self._load_faiss_file()
-        if index is not None and not np.array_equal(vectors.faiss_ids(index), self.chunk_ids()):
+        if (
+            index is not None
+            # The stamp spares a cold search reading every id of both (see freshness.py).
+            and not freshness.holds(self.db.conn, file, index, before=before)
+            and not np.array_equal(vectors.faiss_ids(index), self.chunk_ids())
+        ):
             log.info("FAISS file and SQLite disagree; bringing vectors in line with SQLite")
             index = self._rebuild_faiss(index)
         elif index is None:
