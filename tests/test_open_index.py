@@ -154,6 +154,8 @@ def test_a_query_on_an_open_index_opens_no_file_and_scans_no_table(tmp_path, emb
 
     with ragkit.open(settings) as idx:
         idx.search("warm up")
+        idx.search("warm up", mode="keyword")  # the second keyword ranking builds the postings
+        assert idx._keywords.wait()  # once, in the background: not part of any query
         conn = idx._store().db.conn
         statements: list[str] = []
         conn.set_trace_callback(statements.append)

@@ -307,8 +307,7 @@ class KeywordMemory:
 
         ``conn`` is the query's connection, inside its read snapshot; ``generation`` the
         manifest's ``faiss_generation`` it last read; ``allowed`` gives the ids passing the
-        query's filters (chunks with vectors only). Without it, chunks still waiting for a
-        vector are left out, as FTS5 search does.
+        query's filters (chunks with vectors only).
         """
         postings, terms = self._postings, self._terms
         if postings is None or terms is None or fts_state(conn) != postings.state:
@@ -320,21 +319,33 @@ class KeywordMemory:
         found = terms(words)
         if any(len(t) != 1 for t in found):
             return None  # a word FTS5 splits into a phrase (or drops): only FTS5 ranks those
-        excluded = None
-        if allowed is None:
+        terms_used = [t[0] for t in found]
+        if allowed is not None:  # the ids passing the filters: chunks with vectors only
+            return postings.top(terms_used, k, allowed=allowed())
+        # Chunks still waiting for a vector are left out, as FTS5 search does: looked up among
+        # the best-ranked (by the partial index chunks_pending), deeper if some were.
+        want, pending = k, np.zeros(0, dtype=np.int64)
+        while True:
+            ranked = postings.top(terms_used, want, excluded=pending)
+            if not ranked:
+                return []
+            ids = [i for i, _ in ranked]
+            marks = ",".join("?" * len(ids))
             try:
                 rows = conn.execute(
-                    "SELECT id FROM chunks INDEXED BY chunks_pending WHERE vector IS NULL"
+                    "SELECT id FROM chunks INDEXED BY chunks_pending"
+                    f" WHERE vector IS NULL AND id IN ({marks})",
+                    ids,
                 ).fetchall()
             except sqlite3.OperationalError:  # an old index without chunks_pending: FTS5 copes
                 return None
-            excluded = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        return postings.top(
-            [t[0] for t in found],
-            k,
-            excluded=excluded,
-            allowed=None if allowed is None else allowed(),
-        )
+            if not rows:
+                return ranked[:k]
+            pending = np.concatenate([pending, np.array([r[0] for r in rows], dtype=np.int64)])
+            if len(ranked) < want:  # every match was ranked: what is left is all there is
+                gone = set(pending.tolist())
+                return [hit for hit in ranked if hit[0] not in gone][:k]
+            want *= 2
 
     def _consider_build(self, postings: Postings | None, generation: int) -> None:
         with self._lock:
