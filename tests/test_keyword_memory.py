@@ -236,3 +236,17 @@ def test_keyword_search_embeds_the_query_only_for_a_cosine(settings, docs):
         calls.clear()
         answer = idx.ask("brake pump", llm=False)  # abstention reads the cosine
         assert ["brake pump"] in calls and answer.hits[0].dense_score is not None
+
+
+def test_an_empty_index_builds_and_finds_nothing(tmp_path, settings):
+    root = tmp_path / "empty"
+    root.mkdir()
+    ragkit.index(root, settings)
+    with Store.open(settings.index_path) as store:
+        memory = KeywordMemory(store.path)
+        try:
+            _ready(memory, store)
+            got = memory.search(store.db.conn, "brake", 5, generation=0)
+            assert got == [] == keyword.keyword_search(store.db.conn, "brake", 5)
+        finally:
+            memory.close()

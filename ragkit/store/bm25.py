@@ -173,7 +173,7 @@ def build(conn: sqlite3.Connection, *, stop: threading.Event | None = None) -> P
         if state is None:
             raise BuildError("this index has no FTS5 averages or structure record")
         averages = _varints(state[0])
-        n_rows, n_tokens = averages[0], sum(averages[1:])
+        n_rows, n_tokens = (averages[0], sum(averages[1:])) if averages else (0, 0)  # empty
         row = conn.execute("SELECT value FROM manifest WHERE key = 'faiss_generation'").fetchone()
         generation = int(row[0]) if row else 0
         names: list[str] = []
