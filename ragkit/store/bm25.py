@@ -39,7 +39,7 @@ B = 0.75
 Ranking = list[tuple[int, float]]  # (chunk id, BM25 score), best first
 
 _AVERAGES, _STRUCTURE = 1, 10  # FTS5's fixed rowids in chunks_fts_data (file format)
-_TERMS_PER_FETCH = 4_096
+_CHARS_PER_SLICE = 32_000_000  # occurrences listed per slice parsed at once (~4M)
 _STEMS_KEPT = 100_000  # words whose terms are remembered between queries
 _TOKENIZE = re.compile(r"tokenize\s*=\s*('(?:[^']|'')*'|\"[^\"]*\")", re.IGNORECASE)
 
@@ -184,35 +184,31 @@ def build(conn: sqlite3.Connection, *, stop: threading.Event | None = None) -> P
         rows: list[NDArray[np.int32]] = []
         freqs: list[NDArray[np.uint16]] = []
         per_term: list[NDArray[np.int64]] = []
-        # One row per term, its rows listed once per occurrence: parsed by numpy in bulk, as
-        # a row per occurrence would be a Python tuple each (a million at SciFact's size).
+        # One row per term (in term order: the view consumes GROUP BY term), its rows listed
+        # once per occurrence: parsed by numpy a slice of ~4M occurrences at a time, as a row
+        # per occurrence would be a Python tuple each (a million at SciFact's size).
         cursor = conn.execute(
             "SELECT term, group_concat(doc) FROM temp.ragkit_fts_instances GROUP BY term"
         )
-        while batch := cursor.fetchmany(_TERMS_PER_FETCH):
-            if stop is not None and stop.is_set():
-                raise BuildError("stopped")
-            counts = np.fromiter((s.count(",") + 1 for _, s in batch), np.int64, len(batch))
-            docs = np.fromstring(",".join(s for _, s in batch), dtype=np.int64, sep=",")
-            if len(docs) != int(counts.sum()):
-                raise BuildError("FTS5's term listing could not be read")
-            owner = np.repeat(np.arange(len(batch), dtype=np.int64), counts)
-            order = np.lexsort((docs, owner))
-            owner, docs = owner[order], docs[order]
-            new = np.ones(len(docs), dtype=bool)
-            new[1:] = (owner[1:] != owner[:-1]) | (docs[1:] != docs[:-1])
-            first = np.flatnonzero(new)
-            freq = np.diff(np.append(first, len(docs)))
-            pos = np.minimum(np.searchsorted(ids, docs[first]), max(len(ids) - 1, 0))
-            if len(pos) and (not len(ids) or not np.array_equal(ids[pos], docs[first])):
-                raise BuildError("FTS5 lists a row it holds no size for")
-            if len(freq) and int(freq.max()) > np.iinfo(np.uint16).max:
-                raise BuildError("a term occurs more than 65,535 times in one chunk")
-            lengths += np.bincount(pos, weights=freq, minlength=len(ids))
-            rows.append(pos.astype(np.int32))
-            freqs.append(freq.astype(np.uint16))
-            per_term.append(np.bincount(owner[first], minlength=len(batch)))
-            names.extend(str(t) for t, _ in batch)
+        batch: list[tuple[str, str]] = []
+        size = 0
+        while True:
+            more = cursor.fetchmany(64)
+            for term, listing in more:
+                batch.append((str(term), str(listing)))
+                size += len(listing)
+            if batch and (size > _CHARS_PER_SLICE or not more):
+                if stop is not None and stop.is_set():
+                    raise BuildError("stopped")
+                pos, freq, per = _slice(batch, ids)
+                lengths += np.bincount(pos, weights=freq, minlength=len(ids))
+                rows.append(pos)
+                freqs.append(freq)
+                per_term.append(per)
+                names.extend(t for t, _ in batch)
+                batch, size = [], 0
+            if not more:
+                break
     finally:
         if conn.in_transaction:
             conn.execute("COMMIT")
@@ -235,6 +231,33 @@ def build(conn: sqlite3.Connection, *, stop: threading.Event | None = None) -> P
         docs=np.concatenate(rows) if rows else np.zeros(0, dtype=np.int32),
         freqs=np.concatenate(freqs) if freqs else np.zeros(0, dtype=np.uint16),
     )
+
+
+def _slice(
+    batch: Sequence[tuple[str, str]], ids: NDArray[np.int64]
+) -> tuple[NDArray[np.int32], NDArray[np.uint16], NDArray[np.int64]]:
+    """(row numbers, counts) of each term's distinct rows, and how many rows each term has."""
+    counts = np.fromiter((s.count(",") + 1 for _, s in batch), np.int64, len(batch))
+    docs = np.fromstring(",".join(s for _, s in batch), dtype=np.int64, sep=",")
+    if len(docs) != int(counts.sum()):
+        raise BuildError("FTS5's term listing could not be read")
+    owner = np.repeat(np.arange(len(batch), dtype=np.int32), counts)
+    # The view lists each term's rows in rowid order; sorted here only if it ever did not.
+    if len(docs) > 1 and not np.all((np.diff(docs) >= 0) | (np.diff(owner) != 0)):
+        order = np.lexsort((docs, owner))
+        owner, docs = owner[order], docs[order]
+    new = np.ones(len(docs), dtype=bool)
+    new[1:] = (owner[1:] != owner[:-1]) | (docs[1:] != docs[:-1])
+    first = np.flatnonzero(new)
+    freq = np.diff(np.append(first, len(docs)))
+    if len(freq) and int(freq.max()) > np.iinfo(np.uint16).max:
+        raise BuildError("a term occurs more than 65,535 times in one chunk")
+    docs = docs[first]
+    pos = np.minimum(np.searchsorted(ids, docs), max(len(ids) - 1, 0))
+    if len(pos) and (not len(ids) or not np.array_equal(ids[pos], docs)):
+        raise BuildError("FTS5 lists a row it holds no size for")
+    per_term = np.bincount(owner[first], minlength=len(batch))
+    return pos.astype(np.int32), freq.astype(np.uint16), per_term
 
 
 class _Terms:
