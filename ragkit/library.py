@@ -56,6 +56,8 @@ class Index:
     when its generation changed, which a writer bumps when its run completes. Until then, dense
     search ranks with the previous vectors and hits whose rows were deleted are dropped; after
     a writer was killed, until the next ``ragkit index`` completes (or the Index is reopened).
+    Keyword ranking reads FTS5's postings from memory (``store/bm25.py``, shared read-only,
+    built in a background thread) only while they match the query's snapshot; else FTS5 ranks.
     """
 
     def __init__(self, settings: Settings) -> None:
