@@ -1,12 +1,12 @@
 """Keyword postings in memory at scale: build time, size, and BM25 p50 beside FTS5's, one run.
 
-An index of N chunks is written through ``Store`` (texts: SciFact abstracts, cycled, ~225
-tokens each; or scale.py's 25-word synthetic paragraphs), each chunk with a small vector so
-that all count as searchable. Then, on one connection: FTS5's ``bm25()`` top-100 p50 for
-SciFact's claims, the postings' build time and memory (arrays and term dictionary; RSS growth
-too), the top-100 p50 from memory, and whether every ranking is the same.
+An index of N chunks is written through ``Store`` (texts: SciFact's abstracts, cycled, ~225
+tokens each), each chunk with a small vector so that all count as searchable. Then, on one
+connection: FTS5's ``bm25()`` top-100 p50 for SciFact's claims, the postings' build time and
+memory (arrays and term dictionary; RSS growth too), the top-100 p50 from memory, and whether
+every ranking is the same.
 
-    python bench/keyword_memory.py --chunks 100000 [--text scifact|synthetic] [--queries 200]
+    python bench/keyword_memory.py --chunks 100000 [--queries 200]
 """
 
 from __future__ import annotations
@@ -36,12 +36,7 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def texts_for(kind: str, n: int) -> list[str]:
-    if kind == "synthetic":
-        sys.path.insert(0, str(ROOT / "bench"))
-        from scale import paragraph
-
-        return [paragraph(i) for i in range(n)]
+def texts_for(n: int) -> list[str]:
     with (SCIFACT / "corpus.jsonl").open(encoding="utf-8") as fh:
         docs = [json.loads(line) for line in fh]
     base = [f"{d['title']}\n\n{d['text']}" for d in docs]
@@ -80,13 +75,13 @@ def p50(values: list[float]) -> float:
     return float(np.median(values))
 
 
-def measure(n: int, kind: str, queries: list[str], work: Path) -> dict[str, Any]:
+def measure(n: int, queries: list[str], work: Path) -> dict[str, Any]:
     from ragkit.store import Store, keyword
     from ragkit.store.bm25 import KeywordMemory
 
     folder = work / f"ix{n}"
-    res: dict[str, Any] = {"chunks": n, "text": kind}
-    res["ingest_s"] = write_index(folder, texts_for(kind, n))
+    res: dict[str, Any] = {"chunks": n}
+    res["ingest_s"] = write_index(folder, texts_for(n))
     res["db_mb"] = (folder / "ragkit.db").stat().st_size / 1e6
     store = Store.open(folder)
     conn = store.db.conn
@@ -129,17 +124,16 @@ def measure(n: int, kind: str, queries: list[str], work: Path) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", default="100000")
-    parser.add_argument("--text", choices=["scifact", "synthetic"], default="scifact")
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
     with (SCIFACT / "queries.jsonl").open(encoding="utf-8") as fh:
         queries = [json.loads(line)["text"] for line in fh][: args.queries]
     with tempfile.TemporaryDirectory(dir=os.environ.get("SCALE_TMP")) as tmp:
         for n in [int(float(c)) for c in args.chunks.split(",")]:
-            r = measure(n, args.text, queries, Path(tmp))
+            r = measure(n, queries, Path(tmp))
             print(json.dumps(r), flush=True)
             print(
-                f"{n:>9} {args.text} chunks: BM25 top-100 p50 FTS5 {r['fts5_p50_ms']:.2f} ms,"
+                f"{n:>9} chunks: BM25 top-100 p50 FTS5 {r['fts5_p50_ms']:.2f} ms,"
                 f" memory {r['memory_p50_ms']:.2f} ms"
                 f" ({r['fts5_p50_ms'] / r['memory_p50_ms']:.1f}x), rankings same"
                 f" {r['same_rankings']}; postings {r['arrays_mb']:.0f} MB + terms"
