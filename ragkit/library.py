@@ -20,7 +20,9 @@ from ragkit import components, maintenance, pipeline
 from ragkit.config import Overrides, Settings
 from ragkit.errors import ConfigError
 from ragkit.retriever import check_query
+from ragkit.store.bm25 import KeywordMemory
 from ragkit.store.protocol import IndexStore
+from ragkit.store.sqlite import Store
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -55,6 +57,8 @@ class Index:
     when its generation changed, which a writer bumps when its run completes. Until then, dense
     search ranks with the previous vectors and hits whose rows were deleted are dropped; after
     a writer was killed, until the next ``ragkit index`` completes (or the Index is reopened).
+    Keyword ranking reads FTS5's postings from memory (``store/bm25.py``, shared read-only,
+    built in a background thread) only while they match the query's snapshot; else FTS5 ranks.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -73,6 +77,10 @@ class Index:
         # against SQLite then, and again only when a writer saves a new generation.
         self._faiss: Any = None
         self._faiss_generation = -1
+        # Keyword postings in memory (SQLite indexes): built in the background once keyword
+        # ranking is asked for twice, used while they match what a query's snapshot holds.
+        self._keywords = KeywordMemory(store.path) if isinstance(store, Store) else None
+        self._share_keywords(store)
         self._local.store = store
         self._local.generation = store.manifest.faiss_generation
         self._local.data_version = store.data_version()
@@ -89,6 +97,8 @@ class Index:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        if self._keywords is not None:
+            self._keywords.close()
         for store in stores:
             store.close()
 
@@ -132,7 +142,7 @@ class Index:
         return pipeline.answer(
             question,
             settings,
-            lambda q: pipeline.retrieve_hits(store, self._embedder, q, settings),
+            lambda q: pipeline.retrieve_hits(store, self._embedder, q, settings, cosine=True),
             self._embedder,
             lambda: self._chat_model(settings),
             on_text=on_text,
@@ -217,6 +227,7 @@ class Index:
                 self._stores.append(store)
             self._local.store = store
             self._local.data_version = None
+            self._share_keywords(store)
         version = store.data_version()
         if version != self._local.data_version:  # another connection committed something
             self._local.data_version = version
@@ -229,6 +240,10 @@ class Index:
                     self._faiss_generation = self._local.generation
         store.share_vectors(self._faiss)
         return store
+
+    def _share_keywords(self, store: IndexStore) -> None:
+        if self._keywords is not None and isinstance(store, Store):
+            store.share_keywords(self._keywords)
 
     def _chat_model(self, settings: Settings) -> ChatModel:
         if settings is not self.settings:  # per-call chat settings: a model for this call

@@ -380,9 +380,10 @@ def _estimate(root: Path, source: str, settings: Settings, started: float) -> In
 
 
 def retrieve_hits(
-    store: IndexStore, embedder: Embedder, query: str, settings: Settings
+    store: IndexStore, embedder: Embedder, query: str, settings: Settings, *, cosine: bool = False
 ) -> list[Hit]:
-    """The hits for one query on an open store, with the settings' k, mode, filters and MMR."""
+    """The hits for one query on an open store, with the settings' k, mode, filters and MMR
+    (``cosine``: keyword hits carry their cosine too, as abstention needs)."""
     return retrieve(
         store,
         embedder,
@@ -393,6 +394,7 @@ def retrieve_hits(
         min_score=settings.min_score,
         diversify=settings.mmr,
         mmr_lambda=settings.mmr_lambda,
+        cosine=cosine,
     )
 
 

@@ -8,8 +8,10 @@ What ``Hit.score`` means depends on the mode:
 - ``hybrid``: the reciprocal rank fusion score, the sum over the dense and keyword rankings of
   ``1 / (60 + rank)`` (at most 2/61; again only comparable within one query).
 
-Every Hit also carries ``dense_score``, the cosine similarity, whatever the mode: abstention
-and ``min_score`` are judged on it, since only the cosine has a meaning across queries.
+Hits also carry ``dense_score``, the cosine similarity: abstention and ``min_score`` are judged
+on it, since only the cosine has a meaning across queries. Dense and hybrid hits always have
+it; keyword hits only when asked for (``cosine``, as answering does) or when ``min_score`` is
+set, since embedding the query takes several times as long as the BM25 search itself.
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ class Hit:
     page_label: str | None = None  # the PDF page's printed label when it differs from page
 
 
-def _hit(rank: int, score: float, dense_score: float, chunk_id: int, row: StoredChunk) -> Hit:
+def _hit(
+    rank: int, score: float, dense_score: float | None, chunk_id: int, row: StoredChunk
+) -> Hit:
     """The Hit of a stored chunk row. Filled into ``__dict__`` directly: a frozen dataclass's
     ``__init__`` sets each of 13 fields through ``object.__setattr__`` (~4 us a Hit here, k of
     them a tenth of a warm dense query); this makes the same frozen Hit in a third of that."""
@@ -118,7 +122,7 @@ def dense_ranking(
 def rank(
     store: IndexStore,
     query: str,
-    vector: NDArray[np.float32],
+    vector: NDArray[np.float32] | None,
     mode: str,
     depth: int,
     *,
@@ -128,17 +132,21 @@ def rank(
     """Chunks ranked for ``query`` (whose embedding is ``vector``) in one mode, best first.
 
     ``allowed`` (the chunk ids passing ``filters``) may be passed in when already known.
+    Keyword mode needs no ``vector``.
     """
     check_mode(mode)
+    if mode != "keyword" and vector is None:
+        raise ValueError(f"{mode} ranking needs the query's vector")
     filtered = filters is not None and filters.active
     if filtered and allowed is None and mode != "keyword":
         allowed = store.chunk_ids(filters=filters)
     if allowed is not None and len(allowed) == 0:
         return []
-    if mode == "dense":
-        return dense_ranking(store, vector, depth, allowed=allowed)
     if mode == "keyword":
         return store.keyword_search(query, depth, filters=filters)
+    assert vector is not None  # checked above
+    if mode == "dense":
+        return dense_ranking(store, vector, depth, allowed=allowed)
     pool = max(depth, CANDIDATES)
     dense = dense_ranking(store, vector, pool, allowed=allowed)
     keyword = store.keyword_search(query, pool, filters=filters)
@@ -192,6 +200,7 @@ def search(
     diversify: bool = False,
     mmr_lambda: float = 0.5,
     path_glob: str | None = None,
+    cosine: bool = False,
 ) -> list[Hit]:
     """The k chunks that best match ``query`` in ``mode``, best first.
 
@@ -199,13 +208,15 @@ def search(
     never leaves fewer than k hits when k matching chunks exist. ``min_score`` drops hits whose
     cosine is below it, in every mode. ``diversify`` re-ranks a candidate pool with MMR: by
     cosine in dense mode, by the mode's score rescaled to 0..1 otherwise; redundancy is always
-    the cosine between chunk vectors.
+    the cosine between chunk vectors. Keyword hits carry ``dense_score`` only with ``cosine``
+    or ``min_score``: only then is the query embedded.
     """
     query = check_query(query)
     check_mode(mode)
     if path_glob:
         filters = dataclasses.replace(filters or Filters(), path=path_glob)
-    vector = embedder.embed([query])[0].astype(np.float32)
+    embed = mode != "keyword" or cosine or min_score is not None
+    vector = embedder.embed([query])[0].astype(np.float32) if embed else None
     depth = max(k, CANDIDATES, 4 * k) if diversify else k
     if mode != "keyword":
         store.faiss_index()  # loaded (or rebuilt, which may write) before the snapshot begins
@@ -220,26 +231,32 @@ def search(
         if not ranking:
             return []
         # A dense ranking's scores are the cosines already (inner products of unit vectors):
-        # the stored vectors are read only for MMR, or for another mode's cosines.
+        # the stored vectors are read only for MMR, or for another mode's cosines (keyword
+        # hits without a cosine read none).
         stored = None
-        if mode != "dense" or diversify:
+        if (mode != "dense" and vector is not None) or diversify:
             stored = store.vectors([i for i, _ in ranking])
-    if stored is None:
-        cosines = np.array([s for _, s in ranking], dtype=np.float32)
-    else:
-        cosines = stored @ vector
-    if min_score is not None:
+    cosines: NDArray[np.float32] | None = None
+    if vector is not None:
+        cosines = (
+            np.array([s for _, s in ranking], dtype=np.float32)
+            if stored is None
+            else stored @ vector
+        )
+    if min_score is not None and cosines is not None:
         keep = [j for j in range(len(ranking)) if cosines[j] >= min_score]
         ranking, cosines = [ranking[j] for j in keep], cosines[keep]
         stored = None if stored is None else stored[keep]
     order = list(range(min(k, len(ranking))))
     if diversify and ranking and stored is not None:
         scores = np.array([s for _, s in ranking], dtype=np.float32)
-        relevance = cosines if mode == "dense" else _unit_range(scores)
+        relevance = cosines if mode == "dense" and cosines is not None else _unit_range(scores)
         order = mmr(relevance, stored, k, mmr_lambda)
     # Converted once for all hits: the mode's scores as float32 values, the cosines as floats.
     scores32 = np.asarray([s for _, s in ranking], dtype=np.float32).tolist()
-    dense_scores = cosines.tolist()
+    dense_scores: list[float | None] = (
+        [None] * len(ranking) if cosines is None else cosines.tolist()
+    )
     return [
         _hit(n, scores32[j], dense_scores[j], ranking[j][0], rows[ranking[j][0]])
         for n, j in enumerate(order, start=1)

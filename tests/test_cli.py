@@ -66,7 +66,8 @@ def test_search_modes_and_filters_from_the_cli(indexed):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["mode"] == "keyword" and data["hits"][0]["path"] == "hours.txt"
-    assert data["hits"][0]["score"] > 1.0 > data["hits"][0]["dense_score"]  # BM25 vs cosine
+    # BM25, and no cosine: keyword search does not embed the query unless a floor asks for it.
+    assert data["hits"][0]["score"] > 1.0 and data["hits"][0]["dense_score"] is None
 
     args = [
         "search",
@@ -85,6 +86,9 @@ def test_search_modes_and_filters_from_the_cli(indexed):
     }
 
     text = runner.invoke(app, ["search", "shop closed sundays", "--mode", "keyword"]).stdout
+    assert text.startswith("1. [bm25 ") and "cosine" not in text.splitlines()[0]
+    args = ["search", "shop closed sundays", "--mode", "keyword", "--min-score=-1"]
+    text = runner.invoke(app, args).stdout
     assert text.startswith("1. [bm25 ") and ", cosine 0." in text.splitlines()[0]
 
     result = runner.invoke(app, ["search", "shop", "--modified-after", "2999-01-01", "--json"])

@@ -81,11 +81,15 @@ def test_keyword_scores_are_bm25_best_first_and_stemmed(settings, docs):
     assert hits[0].path == "hours.txt"
     assert all(h.score > 0 for h in hits)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    # The cosine is there too, and it is the dense mode's score for the same chunk.
+    # No cosine unless asked for (the query is not embedded), and then it is the dense mode's
+    # score for the same chunk: a cosine floor asks for it.
+    assert all(h.dense_score is None for h in hits)
     dense = {
         h.chunk_id: h.score for h in ragkit.search("shop closing", settings, mode="dense", k=20)
     }
-    for h in hits:
+    floored = ragkit.search("shop closing", settings, mode="keyword", min_score=-1.0)
+    assert [h.chunk_id for h in floored] == [h.chunk_id for h in hits]
+    for h in floored:
         assert h.dense_score == pytest.approx(dense[h.chunk_id], abs=1e-5)
 
 
@@ -235,7 +239,7 @@ def test_keyword_mode_answers_and_abstains_on_the_cosine(settings, docs):
     )
     assert not answer.abstained and answer.citations[0].path == "returns.md"
     # BM25 scores are large numbers; abstention must not be fooled by them.
-    hits = ragkit.search("helmet quantum", settings, mode="keyword")
+    hits = ragkit.search("helmet quantum", settings, mode="keyword", min_score=-1.0)
     assert hits and hits[0].score > 0.3 > hits[0].dense_score
     assert ragkit.ask("helmet quantum", settings, mode="keyword", abstain_below=0.3).abstained
     assert ragkit.ask("helmet quantum", settings, mode="hybrid", abstain_below=0.3).abstained

@@ -41,10 +41,12 @@ def _location(page: int | None, start: int, end: int, label: str | None = None) 
 
 def _score(mode: str, hit: Hit) -> str:
     """The mode's score, and the cosine beside it when the mode's score is not the cosine."""
-    if mode == "dense" or hit.dense_score is None:
+    if mode == "dense":
         return f"{hit.score:.3f}"
     label = "bm25" if mode == "keyword" else "fused"
     digits = 2 if mode == "keyword" else 4
+    if hit.dense_score is None:  # keyword search embeds the query only for a --min-score
+        return f"{label} {hit.score:.{digits}f}"
     return f"{label} {hit.score:.{digits}f}, cosine {hit.dense_score:.3f}"
 
 

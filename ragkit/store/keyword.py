@@ -27,17 +27,24 @@ def terms(query: str) -> list[str]:
     return [t.lower() for t in _TERM.findall(query)]
 
 
+def query_words(query: str) -> list[str]:
+    """The words of ``query`` that keyword search looks for, in order, repeats kept.
+
+    Stopwords are dropped unless the query has nothing else; a repeated word counts again in
+    BM25's sum, weighting it as the query term frequency.
+    """
+    words = terms(query)
+    return [t for t in words if t not in STOPWORDS] or words
+
+
 def fts_match(query: str) -> str:
     """User text as a safe FTS5 query: each word a quoted string, OR-joined, ranked by BM25.
 
     Quoting makes every operator (AND, OR, NOT, NEAR, ``*``, ``^``, ``:``, parentheses, ``-``)
-    a plain word, so no user text can break the FTS syntax. Stopwords are dropped unless the
-    query has nothing else; repeated words stay, weighting them as BM25's query term frequency.
-    Returns "" when the text has no words at all.
+    a plain word, so no user text can break the FTS syntax. Returns "" when the text has no
+    words at all.
     """
-    words = terms(query)
-    content = [t for t in words if t not in STOPWORDS] or words
-    return " OR ".join(f'"{t}"' for t in content)
+    return " OR ".join(f'"{t}"' for t in query_words(query))
 
 
 def keyword_search(

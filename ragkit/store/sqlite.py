@@ -43,6 +43,7 @@ from ragkit.store.where import sqlite_where
 
 if TYPE_CHECKING:
     from ragkit.chunking import Chunk
+    from ragkit.store.bm25 import KeywordMemory
 
 log = logging.getLogger(__name__)
 # A filter passing at most this many chunks of an approximate index is scored exactly.
@@ -63,6 +64,7 @@ class Store:
         self._lock = WriteLock(path)
         self._page_labels = True  # False for an old read-only index without the column
         self._bulk: list[int] | None = None  # [chunks written, chunks per commit] inside bulk()
+        self._keywords: KeywordMemory | None = None  # an open Index's postings, when shared
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -220,6 +222,10 @@ class Store:
     def share_vectors(self, index: Any) -> None:
         """Use an already verified FAISS index (an open ``Index`` shares one between threads)."""
         self._faiss = index
+
+    def share_keywords(self, memory: KeywordMemory | None) -> None:
+        """Rank keyword queries with postings an open ``Index`` holds in memory, while current."""
+        self._keywords = memory
 
     # -- the write lock ----------------------------------------------------------------------
 
@@ -808,8 +814,20 @@ class Store:
 
         FTS5's ``bm25()`` (k1=1.2, b=0.75, Porter-stemmed terms) is negated so that higher is
         better, as for cosine. Only chunks that have vectors are ranked, the same set dense
-        search sees; ``filters`` are applied inside the query, before ranking.
+        search sees; ``filters`` are applied inside the query, before ranking. With postings
+        shared by an open Index that match this snapshot, the same ranking comes from memory.
         """
+        if self._keywords is not None:
+            active = filters is not None and filters.active
+            ranked = self._keywords.search(
+                self.db.conn,
+                query,
+                k,
+                generation=self.manifest.faiss_generation,
+                allowed=(lambda: self.chunk_ids(filters=filters)) if active else None,
+            )
+            if ranked is not None:
+                return ranked
         return keyword.keyword_search(self.db.conn, query, k, filters=filters)
 
     def vectors(self, ids: Sequence[int] | NDArray[np.int64]) -> NDArray[np.float32]:
