@@ -116,9 +116,10 @@ def test_vectors_are_float32_unit_rows_in_input_order(
     batched = embedder.embed(texts)
     similarity = batched @ one_by_one.T
     # Each row is its own text's vector (not a neighbour's): the int8 activation scale is set per
-    # call, so a text's vector moves slightly with its batch-mates (measured min 0.978).
+    # forward pass, so a text's vector moves slightly with its batch-mates (measured min 0.9986;
+    # recipe 1: 0.978).
     assert (similarity.argmax(axis=1) == np.arange(len(texts))).all()
-    assert np.diag(similarity).min() > 0.97
+    assert np.diag(similarity).min() > 0.995
     assert embedder.embed([]).shape == (0, 384)
 
 

@@ -12,7 +12,7 @@ Its vectors are not the float32 model's (cosine ~0.998 to them), and each recipe
 gives slightly different ones, so its model name carries the recipe:
 ``all-MiniLM-L6-v2-int8-r2``, which ``all-MiniLM-L6-v2-int8`` names. An index records it, its
 embedding cache never mixes vectors of two recipes, and an index built with an older recipe is
-refused with the command that rebuilds it (see ``ragkit.embedders.check_recorded``).
+refused with the command that rebuilds it (see ``ragkit.embedders.retired_model``).
 """
 
 from __future__ import annotations
