@@ -16,6 +16,7 @@ from ragkit.embedders import (
     make_embedder,
     parse_spec,
     price_per_million_tokens,
+    retired_model,
 )
 from ragkit.errors import IndexMismatchError
 from ragkit.filters import Filters, make_filters
@@ -88,6 +89,15 @@ def open_index(
     embed questions, with a short retry budget)."""
     store = settings.address.open()
     m = store.manifest
+    successor = retired_model(m.embedder, m.model)
+    if successor is not None:
+        store.close()
+        raise IndexMismatchError(
+            f"index {settings.index} was built with an older graph of {successor}, whose vectors"
+            f" this ragkit no longer computes: re-index {m.source or 'its folder'} into a new"
+            f" index with `ragkit index {m.source or 'FOLDER'} --index NEW_NAME --embedder"
+            f" {successor}`"
+        )
     if settings.embedder:
         provider, model = parse_spec(settings.embedder)
         if provider != m.embedder or (model and model != m.model):

@@ -63,12 +63,33 @@ def _local(model: str | None, options: Mapping[str, Any]) -> Embedder:
     # Each model name is one set of vectors: the float32 model (default) or the int8 graph.
     if model in (None, LocalEmbedder.model):
         return LocalEmbedder(batch_size=batch_size)
-    if model == OnnxLocalEmbedder.model:
+    if model in (OnnxLocalEmbedder.alias, OnnxLocalEmbedder.model):
         return OnnxLocalEmbedder(batch_size=batch_size)
     raise ConfigError(
         f"unknown local model {model!r}: use local:{LocalEmbedder.model} (float32, the default)"
-        f" or local:{OnnxLocalEmbedder.model} (int8, needs `pip install 'ragkit[onnx]'`)"
+        f" or local:{OnnxLocalEmbedder.alias} (int8, needs `pip install 'ragkit[onnx]'`)"
     )
+
+
+# Local model names an index may record whose vectors this ragkit no longer computes, and the
+# spec that names their successor: the int8 graph's first recipe was recorded without "-rN".
+_RETIRED = {("local", "all-MiniLM-L6-v2-int8"): "local:all-MiniLM-L6-v2-int8"}
+
+
+def retired_model(provider: str, model: str) -> str | None:
+    """The spec replacing a recorded model whose vectors ragkit no longer computes, else None."""
+    return _RETIRED.get((provider, model))
+
+
+def _canonical_local(model: str | None) -> str | None:
+    """The name an index records for a local model the user named (the int8 alias gets its
+    recipe); other names as given."""
+    if model is not None and model.startswith("all-MiniLM-L6-v2-int8"):
+        from ragkit.embedders.local_onnx import OnnxLocalEmbedder
+
+        if model == OnnxLocalEmbedder.alias:
+            return OnnxLocalEmbedder.model
+    return model
 
 
 def _openai(model: str | None, options: Mapping[str, Any]) -> Embedder:
@@ -99,7 +120,8 @@ register_embedder("openai", _openai)
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """Split ``provider[:model]`` into its parts; unknown providers are refused."""
+    """Split ``provider[:model]`` into its parts (the model as an index records it); unknown
+    providers are refused."""
     from ragkit.errors import ConfigError
 
     provider, _, model = spec.strip().partition(":")
@@ -108,6 +130,8 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         raise ConfigError(
             f"unknown embedder {spec!r}: use 'local' (offline default) or 'openai[:MODEL]'"
         )
+    if provider == "local":
+        return provider, _canonical_local(model or None)
     return provider, (model or None)
 
 
