@@ -2,13 +2,14 @@
 
 Layout of ``indexes/<name>/``:
 
-- ``ragkit.db``: SQLite in WAL mode, written through sqlite-utils. ``documents`` and ``chunks``
+- ``ragkit.db``: SQLite in WAL mode, written with plain ``sqlite3``. ``documents`` and ``chunks``
   rows, each chunk's float32 vector as a blob beside its text, an FTS5 table kept in step with
   ``chunks`` by triggers, and a ``manifest`` of key/value pairs (embedder, dimension, schema,
   FAISS generation and count).
-- ``vectors.faiss``: an ``IndexIDMap2(IndexFlatIP)`` whose ids are the chunk row ids. It is only
-  ever written whole to a temporary file and renamed into place; on open it is checked against
-  SQLite (same ids) and rebuilt from SQLite when the two disagree.
+- ``vectors.faiss``: an ``IndexIDMap2(IndexFlatIP)`` (exact) or, past 50k vectors, an
+  ``IndexIVFFlat`` whose ids are the chunk row ids. It is only ever written whole to a temporary
+  file and renamed into place; on open it is checked against SQLite (a stamp in the manifest, or
+  the same ids) and rebuilt from SQLite when the two disagree.
 - ``write.lock``: held (``flock``) by the one process allowed to write.
 
 Why equal ids are enough to trust the FAISS file: chunk ids are never reused (AUTOINCREMENT) and
