@@ -1,13 +1,15 @@
 """Benchmark ragkit's local embedders against sentence-transformers on the same texts.
 
-Reports time to be ready in a fresh process (import + model load + one tiny embed), in-process
-model load time, indexing throughput on synthetic ~200-word chunks (256 word pieces after
-truncation; wall-clock chunks/s, and chunks per CPU-second of all threads), and single-query
-latency, for: the opt-in int8 onnxruntime model (``local:all-MiniLM-L6-v2-int8``), the numpy
-float32 model (``local``, the default) as shipped, on one thread, and with BLAS threading instead of
-worker threads; sentence-transformers float32 with torch's default threads and with one thread
-(when importable). Then the ratios, the cosine of the int8 vectors to the float32 ones (min and
-mean, on the bench chunks and on the texts of tests/data), and cold ``ragkit search`` on the demo
+Prints the CPU's int8/bf16 SIMD features first (the int8 model's speed depends on them; see
+bench/int8_profile.py for where its time goes). Reports time to be ready in a fresh process
+(import + model load + one tiny embed), in-process model load time, indexing throughput on
+synthetic ~200-word chunks (256 word pieces after truncation; wall-clock chunks/s, and chunks
+per CPU-second of all threads), and single-query latency, for: the opt-in int8 onnxruntime
+model (``local:all-MiniLM-L6-v2-int8``) as shipped and on one thread; the numpy float32 model
+(``local``, the default) as shipped, on one thread, and with BLAS threading instead of worker
+threads; sentence-transformers float32 with torch's default threads and with one thread (when
+importable). Then the ratios, the cosine of the int8 vectors to the float32 ones (min and mean,
+on the bench chunks and on the texts of tests/data), and cold ``ragkit search`` on the demo
 corpus with a float32 index vs an int8 one. Runs are interleaved and the best of --repeats is
 kept: the machines this runs on are shared and noisy.
 
@@ -54,6 +56,8 @@ winter summer morning evening water light sound color music garden forest ocean 
 """
 WORDS = VOCABULARY.split()
 
+FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
 QUERY = "how do I rebuild the search index after changing the embedding model"
 
 
@@ -70,6 +74,22 @@ def synthetic_chunks(n: int, words_per_chunk: int = 200, seed: int = 0) -> list[
             count += length
         chunks.append(" ".join(sentences))
     return chunks
+
+
+def cpu_line() -> str:
+    """The CPU's model name and which int8/bf16 SIMD features it has."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        return "cpu: /proc/cpuinfo unreadable"
+    marks = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in FEATURES)
+    return f"cpu: {model}; {marks}"
 
 
 def ready_seconds(code: str, runs: int) -> float:
@@ -183,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     chunks = synthetic_chunks(args.chunks)
     model_dir = default_model_dir()
 
+    print(cpu_line())
     print(f"cpus usable: {len(os.sched_getaffinity(0))}, numpy {np.__version__}")
     print(f"{len(chunks)} chunks of ~200 words, batch size {args.batch_size}")
 
@@ -205,8 +226,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     int8_default = f"int8 onnxruntime, {int8.threads} worker threads"
     numpy_default = f"numpy float32, {local.threads} worker threads (default)"
+    int8_single = OnnxLocalEmbedder(model_dir, batch_size=args.batch_size, threads=1)
+    int8_single.embed(["warm up"])
     runtimes: dict[str, Callable[[list[str]], object]] = {
         int8_default: int8.embed,
+        "int8 onnxruntime, 1 thread": int8_single.embed,
         numpy_default: local.embed,
         "numpy, 1 thread": single.embed,
         f"numpy, 1 forward pass at a time, BLAS {blas_threads()} threads": blas_threaded(single),

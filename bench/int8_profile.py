@@ -1,0 +1,228 @@
+"""Where the int8 local model's time goes, and what this CPU's int8 kernels can give it.
+
+The measurement behind issue 13's figures (``local:all-MiniLM-L6-v2-int8``, see
+ragkit/embedders/minilm_onnx.py). Everything runs on one thread, interleaved, best of
+--repeats CPU times (the machines are shared and noisy):
+
+1. the CPU's SIMD features: int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX) are
+   what make int8 several times float32; without them (AVX2 alone) int8 products run on
+   pmaddubsw/pmaddwd pairs;
+2. one dense-layer product as the model runs it (tokens x 384 x 1536): onnxruntime float32
+   MatMul, onnxruntime's dynamic int8 MatMul (weights per channel, as the model's), numpy's
+   sgemm, and torch's (what sentence-transformers runs), in GFLOP/s;
+3. the int8 graph's time per operator on the bench chunks (onnxruntime's profiler), grouped;
+4. whole-model chunks per CPU-second on one thread: the int8 graph, and sentence-transformers
+   float32 when importable; and the ceiling if every product of the model (dense layers and
+   attention) ran at the int8 kernel's rate with nothing else costing anything.
+
+    python bench/int8_profile.py [--chunks 32] [--repeats 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from local_embedder import cpu_line, synthetic_chunks  # noqa: E402
+
+from ragkit.embedders.local_onnx import OnnxLocalEmbedder  # noqa: E402
+
+HIDDEN, FFN, LAYERS = 384, 1536, 6
+GROUPS = {
+    "DynamicQuantizeMatMul": "int8 dense products (attention output, FFN in, FFN out)",
+    "Attention": "Attention: float32 Q/K/V product, QK^T, softmax, x V",
+    "Abs": "row scaling around the int8 products",
+    "ReduceMax": "row scaling around the int8 products",
+    "Max": "row scaling around the int8 products",
+    "Div": "row scaling around the int8 products",
+    "Mul": "row scaling around the int8 products",
+    "SkipLayerNormalization": "LayerNorms (with residual), GELU, embeddings",
+    "BiasGelu": "LayerNorms (with residual), GELU, embeddings",
+    "EmbedLayerNormalization": "LayerNorms (with residual), GELU, embeddings",
+}
+
+
+def best_cpu_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best CPU time of each callable, the callables interleaved repeats times."""
+    for fn in runs.values():
+        fn()
+    best = {name: float("inf") for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            started = time.process_time()
+            fn()
+            best[name] = min(best[name], time.process_time() - started)
+    return best
+
+
+def session(model: Any, *, profile: bool = False) -> Any:
+    """A one-thread onnxruntime session on a path or serialized model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.enable_profiling = profile
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def dense_products(tokens: int, repeats: int) -> dict[str, float]:
+    """GFLOP/s of one (tokens x 384) @ (384 x 1536) product, one thread, per runtime."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((tokens, HIDDEN), dtype=np.float32)
+    w = (rng.standard_normal((HIDDEN, FFN), dtype=np.float32) / 20).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", HIDDEN])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", FFN])
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    graph = helper.make_graph([node], "dense", [x], [y], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save_model(model, str(fp32))
+        logging.disable(logging.WARNING)  # quantize_dynamic's pre-processing hint
+        quantize_dynamic(fp32, int8, per_channel=True, weight_type=QuantType.QInt8)
+        logging.disable(logging.NOTSET)
+        sessions = {
+            "onnxruntime float32": session(str(fp32)),
+            "onnxruntime int8": session(str(int8)),
+        }
+    runs: dict[str, Callable[[], object]] = {
+        name: (lambda s=s: s.run(None, {"x": a})) for name, s in sessions.items()
+    }
+    limits = threadpool_limits(1)
+    runs["numpy float32 (BLAS, 1 thread)"] = lambda: a @ w
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(1)
+        ta, tw = torch.from_numpy(a), torch.from_numpy(w)
+        runs["torch float32 (sentence-transformers' kernel)"] = lambda: ta @ tw
+    try:
+        seconds = best_cpu_seconds(runs, repeats)
+    finally:
+        limits.unregister()
+    return {name: 2 * tokens * HIDDEN * FFN / s / 1e9 for name, s in seconds.items()}
+
+
+def feeds(embedder: OnnxLocalEmbedder, texts: list[str]) -> dict[str, np.ndarray]:
+    """The padded batch the int8 graph takes, as OnnxLocalEmbedder.embed builds it."""
+    encodings = embedder._encoding_tokenizer().encode_batch_fast(texts)
+    width = max(len(e) for e in encodings)
+    ids = np.zeros((len(texts), width), dtype=np.int64)
+    mask = np.zeros((len(texts), width), dtype=np.int64)
+    for i, e in enumerate(encodings):
+        ids[i, : len(e)] = e.ids
+        mask[i, : len(e)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def model_gflop(mask: np.ndarray) -> float:
+    """GFLOP of the model's products for this batch: dense layers and attention's two."""
+    lengths = mask.sum(axis=1).astype(np.float64)
+    dense = 4 * HIDDEN * HIDDEN + 2 * HIDDEN * FFN  # Q, K, V, output; FFN in and out
+    attention = 2 * HIDDEN * (lengths**2).sum()  # QK^T and x V, all heads
+    return 2 * LAYERS * (dense * lengths.sum() + attention) / 1e9
+
+
+def op_times(graph: Path, batch: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+    """Seconds per run of each operator group, from onnxruntime's profiler (warm runs only)."""
+    profiled = session(str(graph), profile=True)
+    for _ in range(runs + 2):
+        profiled.run(None, batch)
+    events = json.loads(Path(profiled.end_profiling()).read_text())
+    windows = [
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") == "Session" and e["name"] == "model_run"
+    ][-runs:]  # the first two runs grow the session's buffers
+    totals: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        if any(begin <= event["ts"] <= end for begin, end in windows):
+            op = event["args"]["op_name"]
+            totals[GROUPS.get(op, f"other ({op})")] += event["dur"]
+    return {group: us / 1e6 / len(windows) for group, us in totals.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=32, help="bench chunks in the batch")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+
+    print(cpu_line())
+    chunks = synthetic_chunks(args.chunks)
+    embedder = OnnxLocalEmbedder()
+    embedder.embed(["warm up"])  # builds and caches the graph on the very first run
+    graph = embedder.graph_path()
+    batch = feeds(embedder, chunks)
+    tokens = int(batch["attention_mask"].sum())
+    print(f"{len(chunks)} chunks, {tokens} word pieces, one thread throughout\n")
+
+    rates = dense_products(tokens, args.repeats)
+    print(f"one dense-layer product ({tokens} x {HIDDEN} x {FFN}), GFLOP/s:")
+    for name, rate in rates.items():
+        print(f"  {name:48s} {rate:7.1f}")
+    int8_rate = rates["onnxruntime int8"]
+    print(
+        f"  int8 / onnxruntime float32: {int8_rate / rates['onnxruntime float32']:.2f};"
+        f" int8 / numpy float32: {int8_rate / rates['numpy float32 (BLAS, 1 thread)']:.2f}"
+    )
+
+    whole: dict[str, Callable[[], object]] = {}
+    int8 = session(str(graph))
+    whole["int8 graph (onnxruntime, 1 thread)"] = lambda: int8.run(None, batch)
+    if importlib.util.find_spec("sentence_transformers") is not None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(1)
+        st = SentenceTransformer(str(embedder.model_dir), device="cpu")
+        whole["sentence-transformers float32, torch 1 thread"] = lambda: st.encode(
+            chunks, batch_size=len(chunks)
+        )
+    seconds = best_cpu_seconds(whole, max(2, args.repeats // 3))
+    gflop = model_gflop(batch["attention_mask"])
+    print(f"\nwhole model, {gflop / len(chunks):.2f} GFLOP of products per chunk:")
+    for name, s in seconds.items():
+        print(f"  {name:48s} {len(chunks) / s:6.2f} chunks/CPU-s  ({gflop / s:5.1f} GFLOP/s)")
+    ceiling = int8_rate / gflop * len(chunks)
+    print(f"  {'ceiling: every product at the int8 kernel rate':48s} {ceiling:6.2f} chunks/CPU-s")
+    st_name = "sentence-transformers float32, torch 1 thread"
+    if st_name in seconds:
+        ours = seconds["int8 graph (onnxruntime, 1 thread)"]
+        print(f"  int8 graph / sentence-transformers: {seconds[st_name] / ours:.2f}")
+        bound = ceiling * seconds[st_name] / len(chunks)
+        print(f"  ceiling / sentence-transformers:    {bound:.2f}")
+
+    shares = op_times(graph, batch, max(2, args.repeats // 3))
+    total = sum(shares.values())
+    print(f"\nint8 graph, time per operator group ({total * 1000:.0f} ms a batch, profiled):")
+    for group, s in sorted(shares.items(), key=lambda kv: -kv[1]):
+        print(f"  {group:58s} {s * 1000:7.1f} ms {100 * s / total:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()
