@@ -10,10 +10,13 @@ ragkit/embedders/minilm_onnx.py). Everything runs on one thread, interleaved, be
 2. one dense-layer product as the model runs it (tokens x 384 x 1536): onnxruntime float32
    MatMul, onnxruntime's dynamic int8 MatMul (weights per channel, as the model's), numpy's
    sgemm, and torch's (what sentence-transformers runs), in GFLOP/s;
-3. the int8 graph's time per operator on the bench chunks (onnxruntime's profiler), grouped;
-4. whole-model chunks per CPU-second on one thread: the int8 graph, and sentence-transformers
-   float32 when importable; and the ceiling if every product of the model (dense layers and
-   attention) ran at the int8 kernel's rate with nothing else costing anything.
+3. whole-model chunks per CPU-second: the int8 graph in its shipped forward passes, and
+   sentence-transformers float32 (when importable); and the ceiling if every product of the
+   model (dense layers and attention) ran at the int8 kernel's rate and nothing else cost
+   anything;
+4. forward passes of at most PASS_TOKENS padded word pieces (as shipped) against one text a
+   pass and 32 texts a pass, on 256-piece chunks and on very short texts;
+5. the int8 graph's time per operator group in its shipped passes (onnxruntime's profiler).
 
     python bench/int8_profile.py [--chunks 32] [--repeats 10]
 """
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from local_embedder import cpu_line, synthetic_chunks  # noqa: E402
 
-from ragkit.embedders.local_onnx import OnnxLocalEmbedder  # noqa: E402
+from ragkit.embedders.local_onnx import PASS_TOKENS, OnnxLocalEmbedder, _passes  # noqa: E402
 
 HIDDEN, FFN, LAYERS = 384, 1536, 6
 GROUPS = {
@@ -78,6 +81,7 @@ def session(model: Any, *, profile: bool = False) -> Any:
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.enable_profiling = profile
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "ragkit-int8-profile")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
@@ -145,17 +149,20 @@ def model_gflop(mask: np.ndarray) -> float:
     return 2 * LAYERS * (dense * lengths.sum() + attention) / 1e9
 
 
-def op_times(graph: Path, batch: dict[str, np.ndarray], runs: int) -> dict[str, float]:
-    """Seconds per run of each operator group, from onnxruntime's profiler (warm runs only)."""
+def op_times(graph: Path, passes: list[dict[str, np.ndarray]], runs: int) -> dict[str, float]:
+    """Seconds of each operator group over all passes, from onnxruntime's profiler."""
     profiled = session(str(graph), profile=True)
-    for _ in range(runs + 2):
-        profiled.run(None, batch)
-    events = json.loads(Path(profiled.end_profiling()).read_text())
+    for _ in range(runs + 1):  # the first round grows the session's buffers
+        for batch in passes:
+            profiled.run(None, batch)
+    trace = Path(profiled.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
     windows = [
         (e["ts"], e["ts"] + e["dur"])
         for e in events
         if e.get("cat") == "Session" and e["name"] == "model_run"
-    ][-runs:]  # the first two runs grow the session's buffers
+    ][-runs * len(passes) :]
     totals: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
@@ -163,7 +170,36 @@ def op_times(graph: Path, batch: dict[str, np.ndarray], runs: int) -> dict[str, 
         if any(begin <= event["ts"] <= end for begin, end in windows):
             op = event["args"]["op_name"]
             totals[GROUPS.get(op, f"other ({op})")] += event["dur"]
-    return {group: us / 1e6 / len(windows) for group, us in totals.items()}
+    return {group: us / 1e6 / runs for group, us in totals.items()}
+
+
+def pass_sizes(embedder: OnnxLocalEmbedder, graph: Path, repeats: int) -> None:
+    """Texts per CPU-second of the int8 graph, one thread, by how texts share forward passes."""
+    run = session(str(graph)).run
+    sets = {
+        "256-piece chunks": synthetic_chunks(64),
+        "~15-piece texts": [c[:60] for c in synthetic_chunks(256, seed=2)],
+    }
+    tokenizer = embedder._encoding_tokenizer()
+    for name, texts in sets.items():
+        lengths = np.array([len(e) for e in tokenizer.encode_batch_fast(texts)], dtype=np.int64)
+        order = np.argsort(-lengths, kind="stable")
+        plans = {
+            "one text a pass": [order[i : i + 1] for i in range(len(order))],
+            f"<= {PASS_TOKENS} word pieces a pass (as shipped)": _passes(lengths, len(texts)),
+            "32 texts a pass (before)": [order[i : i + 32] for i in range(0, len(order), 32)],
+        }
+        batches = {
+            plan: [feeds(embedder, [texts[i] for i in rows]) for rows in passes]
+            for plan, passes in plans.items()
+        }
+        seconds = best_cpu_seconds(
+            {plan: (lambda b=b: [run(None, f) for f in b]) for plan, b in batches.items()},
+            max(2, repeats // 2),
+        )
+        print(f"{name}, texts per CPU-second:")
+        for plan, s in seconds.items():
+            print(f"  {plan:48s} {len(texts) / s:7.1f}")
 
 
 def main() -> None:
@@ -192,8 +228,10 @@ def main() -> None:
     )
 
     whole: dict[str, Callable[[], object]] = {}
-    int8 = session(str(graph))
-    whole["int8 graph (onnxruntime, 1 thread)"] = lambda: int8.run(None, batch)
+    run = session(str(graph)).run
+    lengths = batch["attention_mask"].sum(axis=1)
+    shipped = [feeds(embedder, [chunks[i] for i in rows]) for rows in _passes(lengths, 32)]
+    whole["int8 graph (onnxruntime, 1 thread)"] = lambda: [run(None, f) for f in shipped]
     if importlib.util.find_spec("sentence_transformers") is not None:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -217,9 +255,14 @@ def main() -> None:
         bound = ceiling * seconds[st_name] / len(chunks)
         print(f"  ceiling / sentence-transformers:    {bound:.2f}")
 
-    shares = op_times(graph, batch, max(2, args.repeats // 3))
+    print()
+    pass_sizes(embedder, graph, args.repeats)
+
+    shares = op_times(graph, shipped, max(2, args.repeats // 3))
     total = sum(shares.values())
-    print(f"\nint8 graph, time per operator group ({total * 1000:.0f} ms a batch, profiled):")
+    print(
+        f"\nint8 graph, time per operator group ({total * 1000:.0f} ms for the chunks, profiled):"
+    )
     for group, s in sorted(shares.items(), key=lambda kv: -kv[1]):
         print(f"  {group:58s} {s * 1000:7.1f} ms {100 * s / total:5.1f}%")
 

@@ -123,6 +123,31 @@ def test_vectors_are_float32_unit_rows_in_input_order(
     assert embedder.embed([]).shape == (0, 384)
 
 
+def test_forward_passes_stay_small_and_short_texts_share_them(cache: Path) -> None:
+    """Each forward pass holds at most PASS_TOKENS padded word pieces (one text at least)."""
+    embedder = OnnxLocalEmbedder(cache_dir=cache, batch_size=32, threads=2)
+    session = embedder._loaded_session()
+    shapes: list[tuple[int, int]] = []
+
+    class Spy:
+        def run(self, outputs: object, feeds: dict[str, NDArray[np.int64]]) -> object:
+            shapes.append(feeds["input_ids"].shape)
+            return session.run(outputs, feeds)
+
+    embedder._session = Spy()
+    long = [" ".join(f"word{i} token{j}" for j in range(150)) for i in range(5)]
+    short = [f"short text number {i}" for i in range(40)]
+    texts = short[:20] + long + short[20:]
+    vectors = embedder.embed(texts)
+    assert sum(rows for rows, _ in shapes) == len(texts)
+    for rows, width in shapes:
+        assert rows == 1 or rows * width <= local_onnx.PASS_TOKENS, shapes
+    assert max(width for _, width in shapes) == 256  # the long texts, truncated, one a pass
+    assert any(rows > 8 for rows, _ in shapes)  # short texts share passes
+    alone = OnnxLocalEmbedder(cache_dir=cache).embed([long[3]])
+    assert float(vectors[23] @ alone[0]) > 0.9999  # a long text alone in its pass either way
+
+
 def test_paraphrase_ranks_above_unrelated_sentence(cache: Path) -> None:
     query, paraphrase, unrelated = OnnxLocalEmbedder(cache_dir=cache).embed(
         [

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from ragkit.embedders.local import LocalEmbedder
 
-__all__ = ["RECIPE_VERSION", "OnnxLocalEmbedder", "cache_root"]
+__all__ = ["PASS_TOKENS", "RECIPE_VERSION", "OnnxLocalEmbedder", "cache_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,11 @@ logger = logging.getLogger(__name__)
 # 1: unfused graph, Q/K/V int8. 2: onnxruntime's fused operators, Attention float32.
 RECIPE_VERSION = 2
 _HIDDEN = 384
+# Padded word pieces in one forward pass. Small passes keep a pass's activations in the CPU's
+# caches: a 256-piece chunk alone in its pass gave ~25% more chunks per CPU-second than
+# 32-chunk passes, while very short texts still share a pass (one each costs them ~30%).
+# ``python bench/int8_profile.py`` measures the choice.
+PASS_TOKENS = 256
 
 
 def cache_root() -> Path:
@@ -113,6 +118,21 @@ def _require_onnxruntime() -> None:
             )
 
 
+def _passes(lengths: NDArray[np.int64], batch_size: int) -> list[NDArray[np.intp]]:
+    """Text indices grouped into forward passes: similar lengths, at most PASS_TOKENS padded
+    word pieces (and batch_size texts) a pass, longest first so the last passes the workers
+    pick up are the quick ones. Stable: ties keep input order."""
+    order = np.argsort(-lengths, kind="stable")
+    passes: list[NDArray[np.intp]] = []
+    start = 0
+    while start < len(order):
+        width = max(int(lengths[order[start]]), 1)  # the widest row of the pass is its first
+        rows = max(1, min(batch_size, PASS_TOKENS // width))
+        passes.append(order[start : start + rows])
+        start += rows
+    return passes
+
+
 class OnnxLocalEmbedder(LocalEmbedder):
     """all-MiniLM-L6-v2 with int8 dense layers on onnxruntime (cosine ~0.998 to float32)."""
 
@@ -142,12 +162,8 @@ class OnnxLocalEmbedder(LocalEmbedder):
         tokenizer, session = self._encoding_tokenizer(), self._loaded_session()
         encodings = tokenizer.encode_batch_fast(list(texts))
         lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
-        # Batches of similar length waste little on padding; longest first, so that the last
-        # batches the workers pick up are the quick ones. Stable: ties keep input order.
-        order = np.argsort(-lengths, kind="stable")
-        workers = min(self.threads, len(texts))
-        n_batches = max(-(-len(texts) // self.batch_size), workers)
-        batches = np.array_split(order, n_batches)
+        passes = _passes(lengths, self.batch_size)
+        workers = min(self.threads, len(passes))
 
         def forward(rows: NDArray[np.intp]) -> NDArray[np.float32]:
             width = int(lengths[rows].max())
@@ -165,7 +181,7 @@ class OnnxLocalEmbedder(LocalEmbedder):
         # measured ~20% more chunks per CPU-second than one pass at a time on two threads, whose
         # small per-operator jobs (attention heads, LayerNorm rows) keep threads waiting.
         with ThreadPoolExecutor(workers) as pool:
-            for rows, vectors in zip(batches, pool.map(forward, batches), strict=True):
+            for rows, vectors in zip(passes, pool.map(forward, passes), strict=True):
                 out[rows] = vectors
         return out
 
