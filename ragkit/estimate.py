@@ -16,7 +16,7 @@ from ragkit.components import cost_of, embedder_for, open_index
 from ragkit.config import Settings
 from ragkit.errors import ConfigError
 from ragkit.store import cache_key
-from ragkit.store.protocol import IndexStore
+from ragkit.store.protocol import IndexStore, pending_pages
 from ragkit.sync import IndexReport, folder_sync
 
 
@@ -71,14 +71,14 @@ def estimate(root: Path, source: str, settings: Settings, started: float) -> Ind
                         tokens += piece.tokens
             new_chunks += len(pieces)
         if store is not None and same:
-            waiting = store.pending()
-            where = store.chunks([i for i, _, _ in waiting])
-            for i, text, n in waiting:
-                if where[i].path in same:
-                    to_embed += 1
-                    if text not in sent:
-                        sent.add(text)
-                        tokens += n
+            for waiting in pending_pages(store):
+                where = store.chunks([i for i, _, _ in waiting])
+                for i, text, n in waiting:
+                    if where[i].path in same:
+                        to_embed += 1
+                        if text not in sent:
+                            sent.add(text)
+                            tokens += n
         documents = len(known) - len(sync.gone) + len(sync.added)
         staying = (
             r.chunks for p, r in known.items() if p not in sync.gone and p not in sync.changed

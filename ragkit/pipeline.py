@@ -50,7 +50,7 @@ from ragkit.extractive import extractive_answer, followup_hits
 from ragkit.retriever import Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
 from ragkit.store import cache_key
-from ragkit.store.protocol import IndexStore
+from ragkit.store.protocol import PENDING_PAGE, IndexStore, pending_pages
 from ragkit.sync import IndexReport as IndexReport  # what index returns, importable here
 from ragkit.sync import folder_sync
 
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 # progress(stage, done, total): stage is "scan", "load" or "embed"
 Progress = Callable[[str, int, int], None]
-EMBED_PAGE = 10_000  # chunks read from the store at a time to embed
+EMBED_PAGE = PENDING_PAGE  # chunks read from the store at a time to embed
 
 
 def index(
@@ -192,10 +192,8 @@ def _embed_pending(
     total = counts["chunks"] - counts["vectors"]
     m = store.manifest
     embedded = tokens = 0
-    after = 0
     note("embed", 0, total)
-    while page := store.pending(after=after, limit=EMBED_PAGE):
-        after = page[-1][0]
+    for page in pending_pages(store, EMBED_PAGE):
         keys = [
             cache_key(text, embedder=m.embedder, model=m.model, dimension=m.dimension)
             for _, text, _ in page
