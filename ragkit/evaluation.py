@@ -40,7 +40,7 @@ from ragkit.embedders import Embedder, embed_batches
 from ragkit.errors import IndexMismatchError, RagkitError
 from ragkit.retriever import CANDIDATES, MODES, Ranking, rank
 from ragkit.store.address import Address
-from ragkit.store.protocol import IndexStore
+from ragkit.store.protocol import IndexStore, pending_pages
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,8 @@ def sync_corpus(
     """Bring the store in line with the corpus under ``protocol``; returns chunks embedded.
 
     Documents are keyed by a hash of their text and the chunking settings, so a changed corpus
-    or setting re-chunks only what it affects; vectors are committed batch by batch.
+    or setting re-chunks only what it affects; the chunks waiting for vectors are read a page at
+    a time, and vectors are committed batch by batch.
     """
     note = progress or (lambda stage, done, total: None)
     max_tokens = min(chunk_tokens, embedder.max_tokens)
@@ -234,19 +235,21 @@ def sync_corpus(
                 warnings=(),
                 chunks=chunks,
             )
-    pending = store.pending()
-    # Shortest first: batches of similar length waste no time on padding.
-    pending.sort(key=lambda p: p[2])
-    texts = [t for _, t, _ in pending]
+    counts = store.counts()
+    total = counts["chunks"] - counts["vectors"]
     done = 0
-    note("embed", 0, len(pending))
-    for positions, vectors, used in embed_batches(embedder, texts, batch_size):
-        # The provider's own count when it reports one (what is billed), else ours.
-        tokens = used if used is not None else sum(pending[int(p)][2] for p in positions)
-        store.set_vectors([pending[int(p)][0] for p in positions], vectors, tokens)
-        done += len(positions)
-        note("embed", done, len(pending))
-        log.info("embedded %d of %d chunks", done, len(pending))
+    note("embed", 0, total)
+    for pending in pending_pages(store):
+        # Shortest first within the page: batches of similar length waste no time on padding.
+        pending.sort(key=lambda p: p[2])
+        texts = [t for _, t, _ in pending]
+        for positions, vectors, used in embed_batches(embedder, texts, batch_size):
+            # The provider's own count when it reports one (what is billed), else ours.
+            tokens = used if used is not None else sum(pending[int(p)][2] for p in positions)
+            store.set_vectors([pending[int(p)][0] for p in positions], vectors, tokens)
+            done += len(positions)
+            note("embed", done, total)
+            log.info("embedded %d of %d chunks", done, total)
     if done or todo or gone or not store.vectors_agree():
         store.save_vectors()
     return done

@@ -5,20 +5,20 @@ chunked and committed one by one, then embedded batch by batch (each batch commi
 completes); deleted files are removed, renamed files re-pointed, and the FAISS file is rebuilt
 from SQLite. ``search`` and ``ask`` always use the embedder recorded in the index.
 
-How settings become the embedder, store and chat model is ``components``; what an index is and
-whether it is sound (status, doctor, eval, copy) is ``maintenance``.
+How settings become the embedder, store and chat model is ``components``; what changed between
+the folder and the index (and ``IndexReport``, what ``index`` returns) is ``sync``; the
+``--dry-run`` estimate is ``estimate``; what an index is and whether it is sound (status,
+doctor, eval, copy) is ``maintenance``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,7 +41,6 @@ from ragkit.components import (
 from ragkit.config import Overrides, Settings
 from ragkit.context import context_window, fit_prompt
 from ragkit.conversation import Turn, fit_history, followup_query, merge_hits
-from ragkit.documents import Limits, Selection, Skipped
 from ragkit.embedders import (
     Embedder,
     embed_batches,
@@ -50,9 +49,10 @@ from ragkit.errors import ConfigError, RagkitError
 from ragkit.extractive import extractive_answer, followup_hits
 from ragkit.retriever import Hit, check_mode, check_query
 from ragkit.retriever import search as retrieve
-from ragkit.store import DocumentRow, cache_key
-from ragkit.store.protocol import IndexStore
-from ragkit.sync import FolderSync
+from ragkit.store import cache_key
+from ragkit.store.protocol import PENDING_PAGE, IndexStore, pending_pages
+from ragkit.sync import IndexReport as IndexReport  # what index returns, importable here
+from ragkit.sync import folder_sync
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -61,83 +61,7 @@ log = logging.getLogger(__name__)
 
 # progress(stage, done, total): stage is "scan", "load" or "embed"
 Progress = Callable[[str, int, int], None]
-EMBED_PAGE = 10_000  # chunks read from the store at a time to embed
-
-
-@dataclass(frozen=True)
-class IndexReport:
-    """What one ``index`` run did."""
-
-    index: str
-    embedder: str
-    added: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    moved: tuple[tuple[str, str], ...] = ()
-    unchanged: int = 0
-    skipped: tuple[Skipped, ...] = ()  # deliberately not indexed (unsupported, binary, empty...)
-    failed: tuple[Skipped, ...] = ()  # should have been indexed and could not be
-    warnings: tuple[tuple[str, str], ...] = ()  # (path, warning) for files indexed with caveats
-    chunks_embedded: int = 0
-    chunks_reused: int = 0
-    documents: int = 0  # in the index after the run
-    chunks: int = 0
-    tokens_embedded: int = 0
-    seconds: float = 0.0
-    dry_run: bool = False  # True: nothing was embedded or written; counts are what a run would do
-    cost_usd: float | None = None  # tokens_embedded at the model's list price; None if unknown
-
-    @property
-    def ok(self) -> bool:
-        """True when every file was indexed or deliberately skipped."""
-        return not self.failed
-
-
-def _selection(settings: Settings, stored: str | None) -> dict[str, Any]:
-    """The file selection for a run: the settings' patterns, else those the index stored."""
-    old = json.loads(stored) if stored else {}
-    return {
-        "include": [p for p in settings.include if p]
-        if settings.include is not None
-        else old.get("include", []),
-        "exclude": [p for p in settings.exclude if p]
-        if settings.exclude is not None
-        else old.get("exclude", []),
-        "skip_generated": settings.skip_generated,
-    }
-
-
-def _folder_sync(
-    root: Path, known: dict[str, DocumentRow], settings: Settings, store: IndexStore | None
-) -> tuple[FolderSync, str]:
-    """The comparison of ``root`` with an index's documents, under the settings' limits and file
-    selection; also that selection as stored in the index."""
-    stored = store.note("selection") if store is not None else None
-    selection = _selection(settings, stored)
-    encoded = json.dumps(selection, sort_keys=True)
-    # Changed rules (or an index from before they were stored) are applied to every file.
-    recheck = bool(known) and encoded != stored
-    sync = FolderSync(
-        root,
-        known,
-        exclude=[Path(settings.index_dir)],
-        max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
-        follow_symlinks=settings.follow_symlinks,
-        selection=Selection.for_root(
-            root if root.is_dir() else root.parent,
-            include=selection["include"],
-            exclude=selection["exclude"],
-            skip_generated=selection["skip_generated"],
-        ),
-        limits=Limits(
-            max_chars_per_file=settings.max_chars_per_file,
-            max_chars_per_page=settings.max_chars_per_page,
-            max_seconds_per_file=settings.max_seconds_per_file,
-            skip_generated=selection["skip_generated"],
-        ),
-        recheck=recheck,
-    )
-    return sync, encoded
+EMBED_PAGE = PENDING_PAGE  # chunks read from the store at a time to embed
 
 
 def index(
@@ -167,7 +91,9 @@ def index(
     source = str(root.resolve())
     note = progress or (lambda stage, done, total: None)
     if dry_run:
-        return _estimate(root, source, settings, started)
+        from ragkit.estimate import estimate
+
+        return estimate(root, source, settings, started)
 
     if settings.address.exists():
         store, embedder = open_index(settings)
@@ -191,7 +117,7 @@ def index(
         # 1. Compare the folder with the index; 2. apply each change as it is found, committing
         # each document with its chunks (unchanged chunk texts keep their vectors).
         note("scan", 0, 0)
-        sync, selection = _folder_sync(root, store.documents(), settings, store)
+        sync, selection = folder_sync(root, store.documents(), settings, store)
         max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
         reused = 0
         with store.bulk():  # a commit per ~20k chunks, not per document
@@ -266,10 +192,8 @@ def _embed_pending(
     total = counts["chunks"] - counts["vectors"]
     m = store.manifest
     embedded = tokens = 0
-    after = 0
     note("embed", 0, total)
-    while page := store.pending(after=after, limit=EMBED_PAGE):
-        after = page[-1][0]
+    for page in pending_pages(store, EMBED_PAGE):
         keys = [
             cache_key(text, embedder=m.embedder, model=m.model, dimension=m.dimension)
             for _, text, _ in page
@@ -295,88 +219,6 @@ def _embed_pending(
             tokens += batch_tokens
             note("embed", embedded, total)
     return embedded, tokens
-
-
-def _estimate(root: Path, source: str, settings: Settings, started: float) -> IndexReport:
-    """What ``index`` would do (``--dry-run``): load and chunk, but embed and write nothing."""
-    store: IndexStore | None = None
-    if settings.address.exists():
-        store, embedder = open_index(settings, count_only=True)
-    else:
-        spec = settings.embedder or ("openai" if settings.openai_configured else "local")
-        embedder = embedder_for(spec, settings, count_only=True)
-    try:
-        if store is not None and store.manifest.source and store.manifest.source != source:
-            raise ConfigError(
-                f"index {settings.index} mirrors {store.manifest.source}, not {source}:"
-                f" re-index that folder, or pass --index NEW_NAME for this one"
-            )
-        known = store.documents() if store is not None else {}
-        sync, _ = _folder_sync(root, known, settings, store)
-        max_tokens = min(settings.chunk_tokens, embedder.max_tokens)
-        to_embed = reused = tokens = new_chunks = 0
-        same: set[str] = set()  # unchanged bytes: a run embeds their chunks still without vectors
-        sent: set[str] = set()  # texts a run would send
-        for change in sync.changes(lambda stage, done, total: None):
-            if change.kind == "same":
-                same.add(change.path)
-            if change.doc is None:
-                continue
-            pieces = chunk_document(
-                change.doc,
-                embedder.count_tokens,
-                max_tokens=max_tokens,
-                overlap=settings.chunk_overlap,
-            )
-            cached: set[str] = set()
-            if store is not None:  # the embedding cache: texts this model has already embedded
-                m = store.manifest
-                keys = [
-                    cache_key(c.text, embedder=m.embedder, model=m.model, dimension=m.dimension)
-                    for c in pieces
-                ]
-                cached = store.cached_keys(keys)
-            else:
-                keys = [""] * len(pieces)
-            for piece, key in zip(pieces, keys, strict=True):
-                if key in cached:
-                    reused += 1
-                else:
-                    to_embed += 1
-                    if piece.text not in sent:  # a run sends identical texts once
-                        sent.add(piece.text)
-                        tokens += piece.tokens
-            new_chunks += len(pieces)
-        if store is not None and same:
-            waiting = store.pending()
-            where = store.chunks([i for i, _, _ in waiting])
-            for i, text, n in waiting:
-                if where[i].path in same:
-                    to_embed += 1
-                    if text not in sent:
-                        sent.add(text)
-                        tokens += n
-        documents = len(known) - len(sync.gone) + len(sync.added)
-        staying = (
-            r.chunks for p, r in known.items() if p not in sync.gone and p not in sync.changed
-        )
-        chunks = sum(staying) + new_chunks
-    finally:
-        if store is not None:
-            store.close()
-    return IndexReport(
-        index=str(settings.address),
-        embedder=f"{embedder.name}:{embedder.model}",
-        **sync.summary(),
-        chunks_embedded=to_embed,
-        chunks_reused=reused,
-        documents=documents,
-        chunks=chunks,
-        tokens_embedded=tokens,
-        seconds=time.perf_counter() - started,
-        dry_run=True,
-        cost_usd=cost_of(embedder, tokens),
-    )
 
 
 def retrieve_hits(

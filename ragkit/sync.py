@@ -3,15 +3,18 @@
 A ``FolderSync`` compares the files under a root with the documents an index holds and yields
 one ``Change`` per file that needs work, loading each document only when its size or mtime
 moved (the content hash then decides). It never writes: the caller applies each change as it
-comes, so a large folder is streamed, not held in memory.
+comes, so a large folder is streamed, not held in memory. ``folder_sync`` makes one from the
+settings, and from the file selection an index stored when the settings name none.
+``IndexReport`` is what a run (or a dry run) did: these changes, and what was embedded.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragkit.documents import (
     Document,
@@ -25,6 +28,10 @@ from ragkit.documents import (
 from ragkit.errors import LoadError
 from ragkit.store import DocumentRow
 
+if TYPE_CHECKING:
+    from ragkit.config import Settings
+    from ragkit.store.protocol import IndexStore
+
 
 @dataclass(frozen=True)
 class Change:
@@ -35,6 +42,35 @@ class Change:
     mtime: float
     doc: Document | None = None  # for "added" and "changed"
     old_path: str | None = None  # for "moved"
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What one ``index`` run did."""
+
+    index: str
+    embedder: str
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    moved: tuple[tuple[str, str], ...] = ()
+    unchanged: int = 0
+    skipped: tuple[Skipped, ...] = ()  # deliberately not indexed (unsupported, binary, empty...)
+    failed: tuple[Skipped, ...] = ()  # should have been indexed and could not be
+    warnings: tuple[tuple[str, str], ...] = ()  # (path, warning) for files indexed with caveats
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    documents: int = 0  # in the index after the run
+    chunks: int = 0
+    tokens_embedded: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False  # True: nothing was embedded or written; counts are what a run would do
+    cost_usd: float | None = None  # tokens_embedded at the model's list price; None if unknown
+
+    @property
+    def ok(self) -> bool:
+        """True when every file was indexed or deliberately skipped."""
+        return not self.failed
 
 
 def _under(path: str, folder: str) -> bool:
@@ -158,3 +194,50 @@ class FolderSync:
                 continue
             (self.changed if row else self.added).append(rel)
             yield Change("changed" if row else "added", rel, doc.mtime, doc=doc)
+
+
+def _selection(settings: Settings, stored: str | None) -> dict[str, Any]:
+    """The file selection for a run: the settings' patterns, else those the index stored."""
+    old = json.loads(stored) if stored else {}
+    return {
+        "include": [p for p in settings.include if p]
+        if settings.include is not None
+        else old.get("include", []),
+        "exclude": [p for p in settings.exclude if p]
+        if settings.exclude is not None
+        else old.get("exclude", []),
+        "skip_generated": settings.skip_generated,
+    }
+
+
+def folder_sync(
+    root: Path, known: dict[str, DocumentRow], settings: Settings, store: IndexStore | None
+) -> tuple[FolderSync, str]:
+    """The comparison of ``root`` with an index's documents, under the settings' limits and file
+    selection; also that selection as stored in the index."""
+    stored = store.note("selection") if store is not None else None
+    selection = _selection(settings, stored)
+    encoded = json.dumps(selection, sort_keys=True)
+    # Changed rules (or an index from before they were stored) are applied to every file.
+    recheck = bool(known) and encoded != stored
+    sync = FolderSync(
+        root,
+        known,
+        exclude=[Path(settings.index_dir)],
+        max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
+        follow_symlinks=settings.follow_symlinks,
+        selection=Selection.for_root(
+            root if root.is_dir() else root.parent,
+            include=selection["include"],
+            exclude=selection["exclude"],
+            skip_generated=selection["skip_generated"],
+        ),
+        limits=Limits(
+            max_chars_per_file=settings.max_chars_per_file,
+            max_chars_per_page=settings.max_chars_per_page,
+            max_seconds_per_file=settings.max_seconds_per_file,
+            skip_generated=selection["skip_generated"],
+        ),
+        recheck=recheck,
+    )
+    return sync, encoded

@@ -12,8 +12,18 @@ from typer.testing import CliRunner
 import ragkit
 from ragkit.cli import app
 from ragkit.errors import RagkitError
-from ragkit.evaluation import documents_ranked, load_beir, mrr_at, ndcg_at, recall_at, score_run
+from ragkit.evaluation import (
+    documents_ranked,
+    load_beir,
+    mrr_at,
+    ndcg_at,
+    recall_at,
+    score_run,
+    sync_corpus,
+)
 from ragkit.maintenance import evaluate
+from ragkit.store import Store, protocol
+from ragkit.store.address import Address
 from tests import fakes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,3 +299,63 @@ def test_a_stale_cache_is_rebuilt(tmp_path):
     again = evaluate(dataset, index_dir=tmp_path / "ix", embedder="bow", protocols=("document",))
     assert again.protocols[0].chunks_embedded == 5
     assert [r.ndcg_at_10 for r in again.results] == [r.ndcg_at_10 for r in first.results]
+
+
+def test_the_corpus_is_embedded_a_page_of_waiting_chunks_at_a_time(tmp_path, monkeypatch):
+    corpus = [
+        *CORPUS,
+        *(
+            {"_id": f"x{n}", "title": "", "text": "word " * (12 - n), "metadata": {}}
+            for n in range(6)
+        ),
+    ]
+    dataset = load_beir(make_dataset(tmp_path / "tiny", corpus=corpus))
+
+    def embed(index: str) -> tuple[int, fakes.BagOfWordsEmbedder, dict[str, bytes], list]:
+        embedder = fakes.BagOfWordsEmbedder()
+        notes: list[tuple[int, int]] = []
+
+        def progress(stage: str, n: int, total: int) -> None:
+            if stage == "embed":
+                notes.append((n, total))
+
+        address = Address(index, tmp_path / index, None)
+        with address.create(embedder="bow", model="hash-256", dimension=256) as store:
+            store.lock()
+            done = sync_corpus(
+                store,
+                embedder,
+                dataset,
+                "document",
+                chunk_tokens=240,
+                chunk_overlap=0,
+                batch_size=4,
+                progress=progress,
+            )
+            counts = store.counts()
+            assert counts["vectors"] == counts["chunks"] and store.check().ok
+            ids = [int(i) for i in store.chunk_ids()]
+            rows = store.chunks(ids)
+            stored = {
+                rows[i].text: v.tobytes() for i, v in zip(ids, store.vectors(ids), strict=True)
+            }
+        return done, embedder, stored, [notes[0], notes[-1]]
+
+    whole = embed("whole")
+    limits: list[int | None] = []
+    pending = Store.pending
+
+    def spy(self, after=0, limit=None):
+        limits.append(limit)
+        return pending(self, after=after, limit=limit)
+
+    monkeypatch.setattr(Store, "pending", spy)
+    monkeypatch.setattr(protocol, "PENDING_PAGE", 3)
+    done, embedder, stored, notes = embed("paged")
+    assert len(limits) == 5 and all(limit == 3 for limit in limits)  # 4 pages, then none
+    assert (done, stored, notes) == (whole[0], whole[2], whole[3])
+    assert done == 11 and notes == [(0, 11), (11, 11)]
+    # Shortest first within each page: each batch the embedder sees is one page, by length.
+    assert [len(b) for b in embedder.calls] == [3, 3, 3, 2]
+    for batch in embedder.calls:
+        assert embedder.count_tokens(batch) == sorted(embedder.count_tokens(batch))

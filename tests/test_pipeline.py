@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from ragkit.errors import (
     QueryError,
     RagkitError,
 )
+from ragkit.store import Store, protocol
 from tests import fakes
 
 PAGES = {
@@ -104,3 +106,44 @@ def test_index_refuses_a_different_folder(tmp_path, settings):
     ragkit.index(write(tmp_path / "docs", PAGES), settings)
     with pytest.raises(ConfigError, match="--index NEW_NAME"):
         ragkit.index(write(tmp_path / "other", {"x.txt": "hello there"}), settings)
+
+
+def test_dry_run_reads_waiting_chunks_a_page_at_a_time(tmp_path, settings, monkeypatch):
+    files = {
+        **PAGES,
+        "notes/copy.md": PAGES["notes/safety.md"],  # the same texts: sent (and counted) once
+        "more.md": "".join(
+            f"# Part {n}\n\nPart {n} of the manual, page {n}.\n\n" for n in range(6)
+        ),
+    }
+    docs = write(tmp_path / "docs", files)
+    conf = settings.replace(chunk_tokens=16, chunk_overlap=0)
+
+    def killed(self, texts):
+        raise RuntimeError("killed before the first vector was stored")
+
+    with monkeypatch.context() as m:  # an interrupted first run: documents in, no vectors
+        m.setattr(fakes.BagOfWordsEmbedder, "embed", killed)
+        with pytest.raises(RuntimeError):
+            ragkit.index(docs, conf)
+    write(docs, {"hours.txt": "Open every day.\n"})  # its waiting chunks no run will embed
+    whole = ragkit.index(docs, conf, dry_run=True)
+    limits: list[int | None] = []
+    pending = Store.pending
+
+    def spy(self, after=0, limit=None):
+        limits.append(limit)
+        return pending(self, after=after, limit=limit)
+
+    monkeypatch.setattr(Store, "pending", spy)
+    monkeypatch.setattr(protocol, "PENDING_PAGE", 2)
+    paged = ragkit.index(docs, conf, dry_run=True)
+    assert len(limits) > 3 and all(limit == 2 for limit in limits)
+    assert dataclasses.replace(paged, seconds=0) == dataclasses.replace(whole, seconds=0)
+    assert paged.changed == ("hours.txt",) and paged.unchanged == len(files) - 1
+    real = ragkit.index(docs, conf)
+    assert (paged.chunks_embedded, paged.tokens_embedded, paged.chunks) == (
+        real.chunks_embedded,
+        real.tokens_embedded,
+        real.chunks,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sqlite3
@@ -17,10 +18,14 @@ from typer.testing import CliRunner
 import ragkit
 import ragkit.maintenance
 import ragkit.pipeline
+import ragkit.store.copy
+import ragkit.store.protocol
 from ragkit.chunking import Chunk
 from ragkit.cli import app
 from ragkit.errors import IndexLockedError
 from ragkit.filters import make_filters
+from ragkit.store.address import Address
+from ragkit.store.copy import copy_index
 from ragkit.store.postgres_search import glob_regex
 from tests import fakes
 from tests.backends import Backend, child_env
@@ -382,6 +387,50 @@ def test_copy_sqlite_to_postgres_and_back_keeps_every_vector(pg_url, tmp_path):
     # A copy never replaces an index.
     with pytest.raises(ragkit.RagkitError, match="already exists"):
         ragkit.maintenance.copy(pg_url, local)
+
+
+def test_copy_gives_waiting_chunks_their_vectors_a_page_at_a_time(backend, tmp_path, monkeypatch):
+    source, _ = filled(backend, DOCS)
+    with source:  # an interrupted run: these chunks have no vectors, here or in a copy
+        source.put_document(
+            path="late.md",
+            sha256="late",
+            size=1,
+            mtime=1.0,
+            kind="markdown",
+            pages=0,
+            warnings=(),
+            chunks=chunks(["the first of three", "the second", "and the third"]),
+        )
+        monkeypatch.setattr(ragkit.store.copy, "BATCH_CHUNKS", 2)  # waiting chunks stay waiting
+        whole = copy_index(source, "default", Address("whole", tmp_path / "whole", None))
+        limits: list[int | None] = []
+        pending = ragkit.store.Store.pending
+
+        def spy(self, after=0, limit=None):
+            limits.append(limit)
+            return pending(self, after=after, limit=limit)
+
+        monkeypatch.setattr(ragkit.store.Store, "pending", spy)
+        monkeypatch.setattr(ragkit.store.protocol, "PENDING_PAGE", 2)
+        paged = copy_index(source, "default", Address("paged", tmp_path / "paged", None))
+    assert len(limits) > 4 and all(limit == 2 for limit in limits)
+    assert dataclasses.replace(paged, target="") == dataclasses.replace(whole, target="")
+    assert (paged.chunks, paged.vectors) == (8, 5)
+
+    def copied(name):
+        with Address(name, tmp_path / name, None).open() as store:
+            ids = [int(i) for i in store.chunk_ids()]
+            rows = store.chunks(ids)
+            vectors = {
+                (rows[i].path, rows[i].ordinal): v.tobytes()
+                for i, v in zip(ids, store.vectors(ids), strict=True)
+            }
+            waiting = sorted(text for _, text, _ in store.pending())
+            return vectors, waiting, store.check().ok
+
+    assert copied("paged") == copied("whole")
+    assert copied("paged")[1] == ["and the third", "the first of three", "the second"]
 
 
 def test_doctor_finds_and_repairs_a_dropped_vector_index(pg_url, tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 from ragkit.chunking import Chunk
 from ragkit.errors import RagkitError
 from ragkit.store.address import Address
-from ragkit.store.protocol import IndexStore
+from ragkit.store.protocol import IndexStore, pending_pages
 from ragkit.store.schema import DocumentRow
 
 BATCH_CHUNKS = 2000  # chunks read, written and committed together
@@ -145,16 +145,17 @@ def _copy_batch(
                 chunks=chunks,
             )
     # Chunks that took a vector from the embedding cache are not pending; the rest get theirs.
-    pending = out.pending()
-    where = out.chunks([i for i, _, _ in pending])
+    # A page at a time: chunks the source had no vector for stay waiting, batch after batch.
     targets: list[int] = []
     picks: list[int] = []
-    for chunk_id, _, _ in pending:
-        row = where[chunk_id]
-        n = vector_of.get((row.path, row.ordinal), -1)
-        if n >= 0:
-            targets.append(chunk_id)
-            picks.append(n)
+    for page in pending_pages(out):
+        where = out.chunks([i for i, _, _ in page])
+        for chunk_id, _, _ in page:
+            row = where[chunk_id]
+            n = vector_of.get((row.path, row.ordinal), -1)
+            if n >= 0:
+                targets.append(chunk_id)
+                picks.append(n)
     if targets:
         out.set_vectors(targets, stored[np.array(picks, dtype=np.int64)], tokens)
     return len(keep)

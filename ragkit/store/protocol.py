@@ -5,11 +5,12 @@ Two backends satisfy it: ``Store`` (an index folder: SQLite rows and a FAISS fil
 against it (``ragkit/store/address.py`` returns them as ``IndexStore``). No database connection,
 FAISS object or file path crosses it: filters go in as data (``Filters``), rows come out as
 ``DocumentRow`` and ``StoredChunk``, vectors as numpy arrays, health as ``HealthReport``.
+``pending_pages`` reads the chunks still waiting for vectors through it a page at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -165,3 +166,21 @@ class IndexStore(Protocol):
 
     def repair(self) -> HealthReport:
         """Fix what ``check`` finds that can be fixed without the source files."""
+
+
+PENDING_PAGE = 10_000  # chunks waiting for vectors read at a time: memory follows the page
+
+
+def pending_pages(
+    store: IndexStore, limit: int | None = None
+) -> Iterator[list[tuple[int, str, int]]]:
+    """Every chunk still waiting for its vector, as ``pending`` rows a page at a time (at most
+    ``limit``, else ``PENDING_PAGE``), in id order.
+
+    Keyset paging: vectors stored between pages move no later row, and each page starts after
+    the highest id of the one before, however the caller reorders that page.
+    """
+    after = 0
+    while page := store.pending(after=after, limit=limit or PENDING_PAGE):
+        after = page[-1][0]
+        yield page
