@@ -80,15 +80,16 @@ class StoreVectors:
 
         Memory stays bounded by the slice, not the index (a 1M x 384 index is 1.5 GB).
         """
+        size = vectors.slice_rows(self.manifest.dimension)
         if ids is None:
             cursor = self.db.conn.execute(
                 "SELECT id, vector FROM chunks WHERE vector IS NOT NULL ORDER BY id"
             )
-            while rows := cursor.fetchmany(vectors.ADD_SLICE):
+            while rows := cursor.fetchmany(size):
                 yield self._vector_rows(rows)
             return
-        for start in range(0, len(ids), vectors.ADD_SLICE):
-            part = ids[start : start + vectors.ADD_SLICE]
+        for start in range(0, len(ids), size):
+            part = ids[start : start + size]
             yield np.asarray(part, dtype=np.int64), self.vectors(part)
 
     def all_vectors(self) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
