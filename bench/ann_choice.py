@@ -71,8 +71,9 @@ def one_size(spec: str, nprobes: list[int], hnsw: bool, queries: int) -> None:
         started = time.perf_counter()
         graph = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         graph.hnsw.efConstruction = 40
-        for s in range(0, n, vectors.ADD_SLICE):
-            graph.add(data[s : s + vectors.ADD_SLICE])
+        rows = vectors.slice_rows(dim)
+        for s in range(0, n, rows):
+            graph.add(data[s : s + rows])
         print(f"{spec}: HNSW (M 32) built in {time.perf_counter() - started:.1f} s")
         for ef in (16, 32, 64, 128):
             params = faiss.SearchParametersHNSW()

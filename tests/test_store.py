@@ -7,7 +7,7 @@ import pytest
 
 from ragkit.chunking import Chunk
 from ragkit.errors import IndexLockedError, IndexNotFoundError
-from ragkit.store import FAISS_NAME, Store, cache_key
+from ragkit.store import FAISS_NAME, Store, cache_key, vectors
 from ragkit.store.vectors import faiss_ids as _faiss_ids
 from tests.fakes import BagOfWordsEmbedder
 
@@ -195,3 +195,56 @@ def test_a_crash_before_faiss_is_saved_never_serves_a_stale_vector(tmp_path):
     assert scores[0][0] == pytest.approx(1.0, abs=1e-5)
     assert np.array_equal(_faiss_ids(again.faiss_index()), again.chunk_ids())
     again.close()
+
+
+def test_a_wide_vector_slice_holds_fewer_rows():
+    """Slices are sized in bytes: 1536-dim vectors come a few thousand rows at a time."""
+    assert vectors.slice_rows(1536) < vectors.slice_rows(384)
+    assert vectors.slice_rows(1536) * 4 * 1536 <= 64 << 20
+    assert vectors.slice_rows(10**12) == 1
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.parametrize("dimension", [16, 64])
+def test_faiss_builds_add_slices_whose_rows_depend_on_the_dimension(
+    tmp_path, monkeypatch, kind, dimension
+):
+    import faiss
+
+    # 6,400 bytes a slice: 100 rows of 16 floats, 25 rows of 64 floats.
+    monkeypatch.setattr(vectors, "SLICE_BYTES", 6_400, raising=False)
+    most = 6_400 // (4 * dimension)
+    store = Store.create(tmp_path / "ix", embedder="e", model="m", dimension=dimension)
+    store.lock()
+
+    def put(first: int, count: int) -> None:
+        texts = [f"chunk {i}" for i in range(first, first + count)]
+        store.put_document(
+            path=f"{first}.txt", sha256=str(first), size=1, mtime=1.0, kind="text",
+            pages=0, warnings=(), chunks=_chunks(texts),
+        )  # fmt: skip
+        pending = [i for i, _, _ in store.pending()]
+        data = np.random.default_rng(first).standard_normal((len(pending), dimension))
+        data /= np.linalg.norm(data, axis=1, keepdims=True)
+        store.set_vectors(pending, data.astype(np.float32))
+
+    added: list[int] = []
+    for cls in (faiss.IndexIDMap2, faiss.IndexIVFFlat):
+        real = cls.add_with_ids
+
+        def spy(self, x, ids, real=real):
+            added.append(len(ids))
+            return real(self, x, ids)
+
+        monkeypatch.setattr(cls, "add_with_ids", spy)
+    put(0, 1_200)
+    store.save_vectors(kind)  # built anew from every stored vector
+    assert sum(added) == 1_200 and max(added) == most
+    sliced = [len(ids) for ids, _ in store.vector_slices()]
+    assert sum(sliced) == 1_200 and max(sliced) == most
+    added.clear()
+    put(10_000, 300)
+    store.save_vectors(kind)  # updated in place: only the new vectors are added
+    assert sum(added) == 300 and max(added) == most
+    assert len(store.search_vectors(np.ones((1, dimension), np.float32), 5)[1][0]) == 5
+    store.close()

@@ -22,6 +22,8 @@ model and dimension with the text, so a vector is only ever reused for the model
 The package is the only code that reads or writes index files:
 
 - ``sqlite.py``: ``Store``, what the rest of ragkit calls (documents, chunks, vectors, search).
+  It inherits its write side from ``sqlite_writes.py`` and its FAISS side (build, verify,
+  search the vector file) from ``sqlite_vectors.py``.
 - ``schema.py``: tables, manifest, row types, the embedding-cache key, opening a connection.
 - ``vectors.py``: the FAISS file: build, atomic write, read, search.
 - ``keyword.py``: FTS5 queries and BM25 ranking.

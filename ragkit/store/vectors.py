@@ -43,7 +43,10 @@ NPROBE = 16  # lists scanned per query: recall@10 >= 0.95 on embedding-like data
 IVF_MIN = 1_000  # an IVF index needs enough vectors to train its lists
 _TRAIN_PER_LIST = 50  # training sample per list (FAISS warns below 39)
 _KMEANS_ITER = 10  # k-means iterations: the lists' quality barely moves past this
-ADD_SLICE = 65_536  # rows per FAISS add: indexes copy what they are given
+# Bytes of float32 per slice of vectors read from SQLite and added to FAISS. A slice is held
+# twice (SQLite's blobs and the matrix joined from them) while FAISS copies it in, so a size in
+# bytes, not rows, bounds a build's transient memory at any dimension (see slice_rows).
+SLICE_BYTES = 32 << 20
 
 
 def import_faiss() -> Any:
@@ -138,12 +141,18 @@ def training_size(count: int) -> int:
     return min(count, _TRAIN_PER_LIST * lists_for(count))
 
 
+def slice_rows(dimension: int) -> int:
+    """Rows of ``dimension`` float32s in one slice: ``SLICE_BYTES`` of them, at least one."""
+    return max(1, SLICE_BYTES // (4 * max(1, dimension)))
+
+
 def add(index: Any, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
     """Add vectors under their ids, a slice at a time."""
-    for start in range(0, len(ids), ADD_SLICE):
+    rows = slice_rows(int(index.d))
+    for start in range(0, len(ids), rows):
         index.add_with_ids(
-            np.ascontiguousarray(vectors[start : start + ADD_SLICE], dtype=np.float32),
-            np.ascontiguousarray(ids[start : start + ADD_SLICE], dtype=np.int64),
+            np.ascontiguousarray(vectors[start : start + rows], dtype=np.float32),
+            np.ascontiguousarray(ids[start : start + rows], dtype=np.int64),
         )
 
 
