@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 RECIPE_VERSION = 2
 _HIDDEN = 384
 # Padded word pieces in one forward pass. Small passes keep a pass's activations in the CPU's
-# caches: a 256-piece chunk alone in its pass gave ~25% more chunks per CPU-second than
+# caches: a 256-piece chunk alone in its pass gave ~20% more chunks per CPU-second than
 # 32-chunk passes, while very short texts still share a pass (one each costs them ~30%).
 # ``python bench/int8_profile.py`` measures the choice.
 PASS_TOKENS = 256
