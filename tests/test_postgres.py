@@ -405,16 +405,21 @@ def test_copy_gives_waiting_chunks_their_vectors_a_page_at_a_time(backend, tmp_p
         monkeypatch.setattr(ragkit.store.copy, "BATCH_CHUNKS", 2)  # waiting chunks stay waiting
         whole = copy_index(source, "default", Address("whole", tmp_path / "whole", None))
         limits: list[int | None] = []
+        waiting_read: list[int] = []  # ids of the waiting chunks each read returned
         pending = ragkit.store.Store.pending
 
         def spy(self, after=0, limit=None):
             limits.append(limit)
-            return pending(self, after=after, limit=limit)
+            page = pending(self, after=after, limit=limit)
+            waiting_read.extend(i for i, _, _ in page)
+            return page
 
         monkeypatch.setattr(ragkit.store.Store, "pending", spy)
         monkeypatch.setattr(ragkit.store.protocol, "PENDING_PAGE", 2)
         paged = copy_index(source, "default", Address("paged", tmp_path / "paged", None))
     assert len(limits) > 4 and all(limit == 2 for limit in limits)
+    # Each waiting chunk is read once, not again by every later batch.
+    assert sorted(waiting_read) == sorted(set(waiting_read))
     assert dataclasses.replace(paged, target="") == dataclasses.replace(whole, target="")
     assert (paged.chunks, paged.vectors) == (8, 5)
 

@@ -86,13 +86,17 @@ def _copy_all(
     """Copy document by document in batches of about BATCH_CHUNKS chunks; returns vectors."""
     tokens = source.manifest.tokens_embedded  # recorded once, with the first batch
     done = copied = size = 0
+    seen = 0  # highest waiting chunk id looked at: a later batch's chunks all lie above it
     batch: list[str] = []
     paths = list(documents)
     for n, path in enumerate(paths):
         batch.append(path)
         size += len(by_path.get(path, ()))
         if size >= BATCH_CHUNKS or n == len(paths) - 1:
-            copied += _copy_batch(source, out, documents, by_path, batch, with_vectors, tokens)
+            written, seen = _copy_batch(
+                source, out, documents, by_path, batch, with_vectors, tokens, seen
+            )
+            copied += written
             tokens = size = 0
             done += len(batch)
             batch = []
@@ -108,8 +112,10 @@ def _copy_batch(
     paths: list[str],
     with_vectors: set[int],
     tokens: int,
-) -> int:
-    """Write ``paths``' documents and chunks, then their vectors; returns vectors written."""
+    seen: int,
+) -> tuple[int, int]:
+    """Write ``paths``' documents and chunks, then their vectors; returns (vectors written, the
+    highest waiting chunk id looked at, ``seen`` if none was above it)."""
     ids = [i for p in paths for i in by_path.get(p, ())]
     rows = source.chunks(ids)
     vector_of: dict[tuple[str, int], int] = {}  # (path, ordinal) -> position in `stored`
@@ -145,10 +151,12 @@ def _copy_batch(
                 chunks=chunks,
             )
     # Chunks that took a vector from the embedding cache are not pending; the rest get theirs.
-    # A page at a time: chunks the source had no vector for stay waiting, batch after batch.
+    # A page at a time, and only above ``seen``: chunks the source had no vector for stay
+    # waiting, and reading them again batch after batch made a copy quadratic in their number.
     targets: list[int] = []
     picks: list[int] = []
-    for page in pending_pages(out):
+    for page in pending_pages(out, after=seen):
+        seen = page[-1][0]
         where = out.chunks([i for i, _, _ in page])
         for chunk_id, _, _ in page:
             row = where[chunk_id]
@@ -158,4 +166,4 @@ def _copy_batch(
                 picks.append(n)
     if targets:
         out.set_vectors(targets, stored[np.array(picks, dtype=np.int64)], tokens)
-    return len(keep)
+    return len(keep), seen

@@ -172,15 +172,14 @@ PENDING_PAGE = 10_000  # chunks waiting for vectors read at a time: memory follo
 
 
 def pending_pages(
-    store: IndexStore, limit: int | None = None
+    store: IndexStore, limit: int | None = None, *, after: int = 0
 ) -> Iterator[list[tuple[int, str, int]]]:
-    """Every chunk still waiting for its vector, as ``pending`` rows a page at a time (at most
-    ``limit``, else ``PENDING_PAGE``), in id order.
+    """Every chunk still waiting for its vector with an id above ``after``, as ``pending`` rows
+    a page at a time (at most ``limit``, else ``PENDING_PAGE``), in id order.
 
     Keyset paging: vectors stored between pages move no later row, and each page starts after
     the highest id of the one before, however the caller reorders that page.
     """
-    after = 0
     while page := store.pending(after=after, limit=limit or PENDING_PAGE):
         after = page[-1][0]
         yield page
