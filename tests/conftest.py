@@ -26,3 +26,20 @@ def demo_index(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     from tests.serving import build_demo
 
     return build_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture
+def pending_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int | None, list[int]]]:
+    """Every ``Store.pending`` read of an index folder, as (limit, ids returned), in order."""
+    from ragkit.store import Store
+
+    reads: list[tuple[int | None, list[int]]] = []
+    pending = Store.pending
+
+    def spy(self: Store, after: int = 0, limit: int | None = None) -> list[tuple[int, str, int]]:
+        page = pending(self, after=after, limit=limit)
+        reads.append((limit, [i for i, _, _ in page]))
+        return page
+
+    monkeypatch.setattr(Store, "pending", spy)
+    return reads

@@ -22,7 +22,7 @@ from ragkit.evaluation import (
     sync_corpus,
 )
 from ragkit.maintenance import evaluate
-from ragkit.store import Store, protocol
+from ragkit.store import protocol
 from ragkit.store.address import Address
 from tests import fakes
 
@@ -301,7 +301,7 @@ def test_a_stale_cache_is_rebuilt(tmp_path):
     assert [r.ndcg_at_10 for r in again.results] == [r.ndcg_at_10 for r in first.results]
 
 
-def test_the_corpus_is_embedded_a_page_of_waiting_chunks_at_a_time(tmp_path, monkeypatch):
+def test_the_corpus_is_embedded_a_page_of_waiting_chunks_at_a_time(tmp_path, monkeypatch, request):
     corpus = [
         *CORPUS,
         *(
@@ -342,17 +342,10 @@ def test_the_corpus_is_embedded_a_page_of_waiting_chunks_at_a_time(tmp_path, mon
         return done, embedder, stored, [notes[0], notes[-1]]
 
     whole = embed("whole")
-    limits: list[int | None] = []
-    pending = Store.pending
-
-    def spy(self, after=0, limit=None):
-        limits.append(limit)
-        return pending(self, after=after, limit=limit)
-
-    monkeypatch.setattr(Store, "pending", spy)
+    reads = request.getfixturevalue("pending_reads")  # spying from here on, not on "whole"
     monkeypatch.setattr(protocol, "PENDING_PAGE", 3)
     done, embedder, stored, notes = embed("paged")
-    assert len(limits) == 5 and all(limit == 3 for limit in limits)  # 4 pages, then none
+    assert [limit for limit, _ in reads] == [3] * 5  # 4 pages, then none
     assert (done, stored, notes) == (whole[0], whole[2], whole[3])
     assert done == 11 and notes == [(0, 11), (11, 11)]
     # Shortest first within each page: each batch the embedder sees is one page, by length.

@@ -15,7 +15,7 @@ from ragkit.errors import (
     QueryError,
     RagkitError,
 )
-from ragkit.store import Store, protocol
+from ragkit.store import protocol
 from tests import fakes
 
 PAGES = {
@@ -108,7 +108,7 @@ def test_index_refuses_a_different_folder(tmp_path, settings):
         ragkit.index(write(tmp_path / "other", {"x.txt": "hello there"}), settings)
 
 
-def test_dry_run_reads_waiting_chunks_a_page_at_a_time(tmp_path, settings, monkeypatch):
+def test_dry_run_reads_waiting_chunks_a_page_at_a_time(tmp_path, settings, monkeypatch, request):
     files = {
         **PAGES,
         "notes/copy.md": PAGES["notes/safety.md"],  # the same texts: sent (and counted) once
@@ -128,17 +128,10 @@ def test_dry_run_reads_waiting_chunks_a_page_at_a_time(tmp_path, settings, monke
             ragkit.index(docs, conf)
     write(docs, {"hours.txt": "Open every day.\n"})  # its waiting chunks no run will embed
     whole = ragkit.index(docs, conf, dry_run=True)
-    limits: list[int | None] = []
-    pending = Store.pending
-
-    def spy(self, after=0, limit=None):
-        limits.append(limit)
-        return pending(self, after=after, limit=limit)
-
-    monkeypatch.setattr(Store, "pending", spy)
+    reads = request.getfixturevalue("pending_reads")  # spying from here on, not on "whole"
     monkeypatch.setattr(protocol, "PENDING_PAGE", 2)
     paged = ragkit.index(docs, conf, dry_run=True)
-    assert len(limits) > 3 and all(limit == 2 for limit in limits)
+    assert len(reads) > 3 and all(limit == 2 for limit, _ in reads)
     assert dataclasses.replace(paged, seconds=0) == dataclasses.replace(whole, seconds=0)
     assert paged.changed == ("hours.txt",) and paged.unchanged == len(files) - 1
     real = ragkit.index(docs, conf)

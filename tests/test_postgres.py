@@ -389,7 +389,9 @@ def test_copy_sqlite_to_postgres_and_back_keeps_every_vector(pg_url, tmp_path):
         ragkit.maintenance.copy(pg_url, local)
 
 
-def test_copy_gives_waiting_chunks_their_vectors_a_page_at_a_time(backend, tmp_path, monkeypatch):
+def test_copy_gives_waiting_chunks_their_vectors_a_page_at_a_time(
+    backend, tmp_path, monkeypatch, request
+):
     source, _ = filled(backend, DOCS)
     with source:  # an interrupted run: these chunks have no vectors, here or in a copy
         source.put_document(
@@ -404,21 +406,12 @@ def test_copy_gives_waiting_chunks_their_vectors_a_page_at_a_time(backend, tmp_p
         )
         monkeypatch.setattr(ragkit.store.copy, "BATCH_CHUNKS", 2)  # waiting chunks stay waiting
         whole = copy_index(source, "default", Address("whole", tmp_path / "whole", None))
-        limits: list[int | None] = []
-        waiting_read: list[int] = []  # ids of the waiting chunks each read returned
-        pending = ragkit.store.Store.pending
-
-        def spy(self, after=0, limit=None):
-            limits.append(limit)
-            page = pending(self, after=after, limit=limit)
-            waiting_read.extend(i for i, _, _ in page)
-            return page
-
-        monkeypatch.setattr(ragkit.store.Store, "pending", spy)
+        reads = request.getfixturevalue("pending_reads")  # the copy's reads: it writes SQLite
         monkeypatch.setattr(ragkit.store.protocol, "PENDING_PAGE", 2)
         paged = copy_index(source, "default", Address("paged", tmp_path / "paged", None))
-    assert len(limits) > 4 and all(limit == 2 for limit in limits)
+    assert len(reads) > 4 and all(limit == 2 for limit, _ in reads)
     # Each waiting chunk is read once, not again by every later batch.
+    waiting_read = [i for _, ids in reads for i in ids]
     assert sorted(waiting_read) == sorted(set(waiting_read))
     assert dataclasses.replace(paged, target="") == dataclasses.replace(whole, target="")
     assert (paged.chunks, paged.vectors) == (8, 5)
