@@ -43,7 +43,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from local_embedder import cpu_line, synthetic_chunks  # noqa: E402
 
-from ragkit.embedders.local_onnx import PASS_TOKENS, OnnxLocalEmbedder, _passes  # noqa: E402
+from ragkit.embedders.local_onnx import (  # noqa: E402
+    PASS_TOKENS,
+    OnnxLocalEmbedder,
+    _passes,
+    padded_batch,
+)
 
 HIDDEN, FFN, LAYERS = 384, 1536, 6
 GROUPS = {
@@ -132,13 +137,7 @@ def dense_products(tokens: int, repeats: int) -> dict[str, float]:
 def feeds(embedder: OnnxLocalEmbedder, texts: list[str]) -> dict[str, np.ndarray]:
     """The padded batch the int8 graph takes, as OnnxLocalEmbedder.embed builds it."""
     encodings = embedder._encoding_tokenizer().encode_batch_fast(texts)
-    width = max(len(e) for e in encodings)
-    ids = np.zeros((len(texts), width), dtype=np.int64)
-    mask = np.zeros((len(texts), width), dtype=np.int64)
-    for i, e in enumerate(encodings):
-        ids[i, : len(e)] = e.ids
-        mask[i, : len(e)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    return padded_batch(encodings, range(len(texts)))
 
 
 def model_gflop(mask: np.ndarray) -> float:

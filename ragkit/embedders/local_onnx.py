@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from ragkit.embedders.local import LocalEmbedder
 
-__all__ = ["PASS_TOKENS", "RECIPE_VERSION", "OnnxLocalEmbedder", "cache_root"]
+__all__ = ["PASS_TOKENS", "RECIPE_VERSION", "OnnxLocalEmbedder", "cache_root", "padded_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,19 @@ def _require_onnxruntime() -> None:
             )
 
 
+def padded_batch(encodings: Sequence[Any], rows: Sequence[int]) -> dict[str, NDArray[np.int64]]:
+    """The graph's inputs for these rows of ``encodings``: their token ids, right-padded to the
+    longest, and the attention mask marking the real tokens."""
+    width = max(len(encodings[row]) for row in rows)
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        n = len(encodings[row])
+        ids[i, :n] = encodings[row].ids
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def _passes(lengths: NDArray[np.int64], batch_size: int) -> list[NDArray[np.intp]]:
     """Text indices grouped into forward passes: similar lengths, at most PASS_TOKENS padded
     word pieces (and batch_size texts) a pass, longest first so the last passes the workers
@@ -166,22 +179,17 @@ class OnnxLocalEmbedder(LocalEmbedder):
         workers = min(self.threads, len(passes))
 
         def forward(rows: NDArray[np.intp]) -> NDArray[np.float32]:
-            width = int(lengths[rows].max())
-            ids = np.zeros((len(rows), width), dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for i, row in enumerate(rows.tolist()):
-                n = int(lengths[row])
-                ids[i, :n] = encodings[row].ids
-                mask[i, :n] = 1
-            (pooled,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+            (pooled,) = session.run(None, padded_batch(encodings, rows.tolist()))
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             return np.asarray(pooled / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
 
         # Each worker runs whole forward passes on one thread (the session's own pool has one):
         # measured ~20% more chunks per CPU-second than one pass at a time on two threads, whose
-        # small per-operator jobs (attention heads, LayerNorm rows) keep threads waiting.
+        # small per-operator jobs (attention heads, LayerNorm rows) keep threads waiting. One
+        # pass (a query) runs on the calling thread.
         with ThreadPoolExecutor(workers) as pool:
-            for rows, vectors in zip(passes, pool.map(forward, passes), strict=True):
+            results = pool.map(forward, passes) if workers > 1 else map(forward, passes)
+            for rows, vectors in zip(passes, results, strict=True):
                 out[rows] = vectors
         return out
 
