@@ -1,7 +1,7 @@
 """Where the int8 local model's time goes, and what this CPU's int8 kernels can give it.
 
 The measurement behind issue 13's figures (``local:all-MiniLM-L6-v2-int8``, see
-ragkit/embedders/minilm_onnx.py). Everything runs on one thread, interleaved, best of
+ragkit/embedders/minilm_int8.py). Everything runs on one thread, interleaved, best of
 --repeats CPU times (the machines are shared and noisy):
 
 1. the CPU's SIMD features: int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX) are
@@ -53,6 +53,7 @@ from ragkit.embedders.local_onnx import (  # noqa: E402
 HIDDEN, FFN, LAYERS = 384, 1536, 6
 GROUPS = {
     "DynamicQuantizeMatMul": "int8 dense products (attention output, FFN in, FFN out)",
+    "QAttention": "QAttention: int8 Q/K/V product; float32 QK^T, softmax, x V",
     "Attention": "Attention: float32 Q/K/V product, QK^T, softmax, x V",
     "Abs": "row scaling around the int8 products",
     "ReduceMax": "row scaling around the int8 products",
@@ -63,6 +64,16 @@ GROUPS = {
     "BiasGelu": "LayerNorms (with residual), GELU, embeddings",
     "EmbedLayerNormalization": "LayerNorms (with residual), GELU, embeddings",
 }
+# Nodes (by their name's ending) preparing QAttention's input: outlier channels divided down,
+# padding rows zeroed, int8 quantization.
+QKV_INPUT = (".smoothed", ".unpadded", ".xq")
+
+
+def group(op: str, node: str) -> str:
+    """Which operator group of the report a node of the int8 graph is in."""
+    if node.endswith(QKV_INPUT):
+        return "QAttention's input: smoothing, padding zeroed, quantized"
+    return GROUPS.get(op, f"other ({op})")
 
 
 def best_cpu_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -167,8 +178,8 @@ def op_times(graph: Path, passes: list[dict[str, np.ndarray]], runs: int) -> dic
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
             continue
         if any(begin <= event["ts"] <= end for begin, end in windows):
-            op = event["args"]["op_name"]
-            totals[GROUPS.get(op, f"other ({op})")] += event["dur"]
+            node = event["name"].removesuffix("_kernel_time")
+            totals[group(event["args"]["op_name"], node)] += event["dur"]
     return {group: us / 1e6 / runs for group, us in totals.items()}
 
 

@@ -1,4 +1,4 @@
-"""The opt-in offline embedder: all-MiniLM-L6-v2 with int8 dense layers, run by onnxruntime.
+"""The opt-in offline embedder: all-MiniLM-L6-v2 with int8 products, run by onnxruntime.
 
 Chosen with ``--embedder local:all-MiniLM-L6-v2-int8``; needs ``pip install 'ragkit[onnx]'``.
 
@@ -10,7 +10,7 @@ in memory for the process (a warning is logged) and nothing else changes.
 
 Its vectors are not the float32 model's (cosine ~0.998 to them), and each recipe of the graph
 gives slightly different ones, so its model name carries the recipe:
-``all-MiniLM-L6-v2-int8-r2``, which ``all-MiniLM-L6-v2-int8`` names. An index records it, its
+``all-MiniLM-L6-v2-int8-r3``, which ``all-MiniLM-L6-v2-int8`` names. An index records it, its
 embedding cache never mixes vectors of two recipes, and an index built with an older recipe is
 refused with the command that rebuilds it (see ``ragkit.embedders.retired_model``).
 """
@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 # Bump when minilm_onnx builds a graph that gives different vectors: cached graphs of another
 # recipe are ignored, and the model name (what an index and its embedding cache record) changes.
 # 1: unfused graph, Q/K/V int8. 2: onnxruntime's fused operators, Attention float32.
-RECIPE_VERSION = 2
+# 3: QAttention (Q/K/V int8, 7-bit weights, outlier channels smoothed).
+RECIPE_VERSION = 3
 _HIDDEN = 384
 # Padded word pieces in one forward pass. Small passes keep a pass's activations in the CPU's
 # caches: a 256-piece chunk alone in its pass gave ~20% more chunks per CPU-second than
@@ -94,14 +95,17 @@ def _write_atomically(path: Path, data: bytes) -> bool:
     return True
 
 
-def _build(model_dir: Path) -> bytes:
-    """The serialized int8 model, built from the safetensors in model_dir."""
-    from ragkit.embedders.minilm_onnx import build_int8_graph
+def _build(model_dir: Path, tokenizer: Any) -> bytes:
+    """The serialized int8 model, built from the safetensors in model_dir (``tokenizer`` encodes
+    the calibration texts)."""
+    from ragkit.embedders.minilm_int8 import CALIBRATION_TEXTS, build_int8_graph
 
     started = time.perf_counter()
+    encodings = tokenizer.encode_batch_fast(list(CALIBRATION_TEXTS))
+    calibration = (padded_batch(encodings, [row]) for row in range(len(encodings)))
     with tempfile.TemporaryDirectory(prefix="ragkit-onnx-") as tmp:
         out = Path(tmp) / "model.onnx"
-        build_int8_graph(model_dir, out)
+        build_int8_graph(model_dir, out, calibration)
         data = out.read_bytes()
     logger.info("built the int8 ONNX graph in %.1fs", time.perf_counter() - started)
     return data
@@ -147,7 +151,7 @@ def _passes(lengths: NDArray[np.int64], batch_size: int) -> list[NDArray[np.intp
 
 
 class OnnxLocalEmbedder(LocalEmbedder):
-    """all-MiniLM-L6-v2 with int8 dense layers on onnxruntime (cosine ~0.998 to float32)."""
+    """all-MiniLM-L6-v2 with int8 products on onnxruntime (cosine ~0.998 to float32)."""
 
     # What users name it (``local:all-MiniLM-L6-v2-int8``), and what an index records.
     alias = "all-MiniLM-L6-v2-int8"
@@ -232,6 +236,6 @@ class OnnxLocalEmbedder(LocalEmbedder):
                 return ort.InferenceSession(str(path), options, providers=providers)
             except (Fail, InvalidGraph, InvalidProtobuf) as exc:  # a truncated or garbled file
                 logger.warning("cached graph %s is unreadable (%s): rebuilding it", path, exc)
-        data = _build(self.model_dir)
+        data = _build(self.model_dir, self._encoding_tokenizer())
         _write_atomically(path, data)
         return ort.InferenceSession(data, options, providers=providers)

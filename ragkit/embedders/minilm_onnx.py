@@ -1,21 +1,29 @@
-"""all-MiniLM-L6-v2 as a fused ONNX graph built from the bundled safetensors, int8 dense layers.
+"""all-MiniLM-L6-v2 as a fused ONNX graph built from the bundled safetensors.
 
 The graph is written with the ``onnx`` package's helpers (no torch) straight in onnxruntime's
 fused transformer operators (domain ``com.microsoft``): ``EmbedLayerNormalization``,
 ``Attention``, ``SkipLayerNormalization`` (residual + bias + LayerNorm in one pass) and
 ``BiasGelu``; a padded batch of token ids and its attention mask in, mean-pooled (not yet
-normalised) sentence vectors out. Its three dense ``MatMul``s per layer (attention output, FFN in,
-FFN out) are then quantized with onnxruntime's dynamic quantization (int8 weights per output
-channel, activations quantized per call at run time; the session fuses each into a
-``DynamicQuantizeMatMul``). ``Attention`` (the Q/K/V projection and the attention products)
-stays float32: quantizing it costs the most accuracy (measured on tests/data: min cosine to the
-float32 vectors 0.983 with it int8, 0.992 without) for ~10% of the speed.
+normalised) sentence vectors out. In float32 it is the reference model (a test checks it).
+
+``minilm_int8`` makes the int8 model from it. Two of its choices are made here, while the graph
+is written:
+
+- dense layers named in ``row_scaled`` scale each input row to a largest magnitude of 1 before
+  their product and scale the product's rows back (see ROW_SCALED), so that one int8 scale can
+  cover a whole call's activations once onnxruntime quantizes those ``MatMul``s;
+- given ``qkv_maxima``, each ``Attention`` becomes ``QAttention``, its Q/K/V product in int8
+  (the attention products stay float32). A few hidden channels of BERT's LayerNorm outputs
+  carry values 20-30x the others (channel 99 on [CLS] most), and one int8 scale covers the whole
+  input: those channels are divided down before quantization and their weight rows multiplied
+  up (SmoothQuant's identity, x W = (x / s)(s W)); padding rows are zeroed so that they do not
+  widen the scale. Its weights use 7 bits (+-63): without AVX-512 VNNI or AMX, int8 products run
+  on ``vpmaddubsw``, whose 16-bit pair sums saturate with 8-bit weights.
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +33,7 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["ROW_SCALED", "build_graph", "build_int8_graph"]
+__all__ = ["QKV_INPUTS", "ROW_SCALED", "build_graph"]
 
 # all-MiniLM-L6-v2's shape (its config.json).
 _HIDDEN = 384
@@ -38,9 +46,17 @@ _MS = "com.microsoft"
 # Dense layers whose input rows are scaled to a largest magnitude of 1 before the int8 product
 # (and the product's rows scaled back). One int8 scale covers a whole call's activations, and the
 # rows entering these layers differ in magnitude from token to token (the [CLS] and [SEP] rows
-# most): measured on tests/data, this lifts the min cosine to the float32 vectors from 0.964 to
-# 0.983 (0.992 with Attention float32) for a few percent of the speed.
+# most): measured on tests/data with every product int8 (recipe 1), this lifted the min cosine to
+# the float32 vectors from 0.964 to 0.983, for a few percent of the speed.
 ROW_SCALED = ("out", "ffn_in", "ffn_out")
+# QAttention's weights: 7 bits (see the module's docstring).
+_QKV_WEIGHT_MAX = 63
+# Hidden channels whose largest calibration magnitude is above this quantile of all channels'
+# are divided down to it before QAttention quantizes them (see the module's docstring).
+_SMOOTH_QUANTILE = 0.97
+# Each layer's Q/K/V input (a tensor of the graph): the embeddings' LayerNorm, then the previous
+# layer's last one.
+QKV_INPUTS = ("embedded", *(f"l{i}.ln2" for i in range(_LAYERS - 1)))
 
 
 def _weights(path: Path) -> dict[str, NDArray[np.float32]]:
@@ -49,11 +65,19 @@ def _weights(path: Path) -> dict[str, NDArray[np.float32]]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in load_file(str(path)).items()}
 
 
-def build_graph(safetensors_path: Path, *, row_scaled: tuple[str, ...] = ()) -> onnx.ModelProto:
-    """The float32 BERT forward pass with mean pooling, as an ONNX model of fused operators.
+def build_graph(
+    safetensors_path: Path,
+    *,
+    row_scaled: tuple[str, ...] = (),
+    qkv_maxima: Sequence[NDArray[np.float32]] | None = None,
+) -> onnx.ModelProto:
+    """The BERT forward pass with mean pooling, as an ONNX model of fused operators.
 
     Dense layers named in ``row_scaled`` ("out", "ffn_in", "ffn_out") get their input rows
-    scaled as described at ROW_SCALED; in float32 that changes nothing but rounding. Only
+    scaled as described at ROW_SCALED; in float32 that changes nothing but rounding. Without
+    ``qkv_maxima`` the graph is float32 throughout. With them (each layer's largest Q/K/V input
+    magnitude per hidden channel, from ``minilm_int8.qkv_input_maxima``), each layer's attention is
+    ``QAttention`` with int8 Q/K/V weights, smoothed as the module's docstring says. Only
     onnxruntime runs it (the fused operators are its own).
     """
     from onnx import TensorProto, helper, numpy_helper
@@ -118,6 +142,9 @@ def build_graph(safetensors_path: Path, *, row_scaled: tuple[str, ...] = ()) -> 
             epsilon=_LN_EPS,
         )
     )
+    # The mask as (batch, length, 1) floats: 1 for the real tokens, 0 for the padding.
+    mask = node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
+    mask3 = node("Unsqueeze", [mask, const("axis_2", np.array([2], dtype=i64))], "mask3")
     x = "embedded"
     for i in range(_LAYERS):
         p, n = f"encoder.layer.{i}.", f"l{i}"
@@ -125,8 +152,20 @@ def build_graph(safetensors_path: Path, *, row_scaled: tuple[str, ...] = ()) -> 
         # Q, K and V in one (in, 3 * hidden) weight, as Attention takes them.
         qkv_w = np.concatenate([w[att + c + ".weight"].T for c in ("query", "key", "value")], 1)
         qkv_b = np.concatenate([w[att + c + ".bias"] for c in ("query", "key", "value")])
-        qkv = [x, const(f"{n}.att.w", qkv_w), const(f"{n}.att.b", qkv_b), "mask_index"]
-        ctx = node("Attention", qkv, f"{n}.att", ms=True, num_heads=_HEADS)
+        if qkv_maxima is None:
+            qkv = [x, const(f"{n}.att.w", qkv_w), const(f"{n}.att.b", qkv_b), "mask_index"]
+            ctx = node("Attention", qkv, f"{n}.att", ms=True, num_heads=_HEADS)
+        else:
+            smooth = _smoothing(qkv_maxima[i])
+            xs = node("Mul", [x, const(f"{n}.smooth", 1 / smooth)], f"{n}.smoothed")
+            xs = node("Mul", [xs, mask3], f"{n}.unpadded")
+            quantized = [f"{n}.xq", f"{n}.xq.scale", f"{n}.xq.zero"]
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [xs], quantized, name=f"{n}.xq"))
+            weight, scale = _int8_columns(qkv_w * smooth[:, None], _QKV_WEIGHT_MAX)
+            qkv = [quantized[0], const(f"{n}.att.w", weight), const(f"{n}.att.b", qkv_b)]
+            qkv += [quantized[1], const(f"{n}.att.w.scale", scale), "mask_index", quantized[2]]
+            qkv.append(const(f"{n}.att.w.zero", np.zeros_like(scale, dtype=np.int8)))
+            ctx = node("QAttention", qkv, f"{n}.att", ms=True, num_heads=_HEADS)
         h = matmul(ctx, p + "attention.output.dense", f"{n}.out")
         h = skip_norm(
             h, x, p + "attention.output.dense", p + "attention.output.LayerNorm", f"{n}.ln1"
@@ -142,8 +181,6 @@ def build_graph(safetensors_path: Path, *, row_scaled: tuple[str, ...] = ()) -> 
         x = skip_norm(f, h, p + "output.dense", p + "output.LayerNorm", f"{n}.ln2")
 
     # Mean over the real tokens: sum(x * mask) / sum(mask).
-    mask = node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
-    mask3 = node("Unsqueeze", [mask, const("axis_2", np.array([2], dtype=i64))], "mask3")
     axis1 = const("axis_1", np.array([1], dtype=i64))
     total = node("ReduceSum", [node("Mul", [x, mask3], "masked_x"), axis1], "sum", keepdims=0)
     count = node("ReduceSum", [mask3, axis1], "count", keepdims=0)
@@ -159,47 +196,18 @@ def build_graph(safetensors_path: Path, *, row_scaled: tuple[str, ...] = ()) -> 
     return model
 
 
-def build_int8_graph(model_dir: Path, output: Path) -> None:
-    """Write the int8 model to ``output``: dense MatMuls quantized, Attention float32."""
-    fp32 = build_graph(model_dir / "model.safetensors", row_scaled=ROW_SCALED)
-    # quantize_dynamic logs a hint to the root logger to pre-process the model (shape inference
-    # and fusion): this graph is fused already, so the hint would only alarm users.
-    hint = _DropRootHint("pre-processing before quantization")
-    root = logging.getLogger()
-    root.addFilter(hint)
-    try:
-        _quantize(fp32, output)
-    finally:
-        root.removeFilter(hint)
+def _smoothing(maxima: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Per hidden channel, what to divide a Q/K/V input by: channels whose calibration maximum is
+    above _SMOOTH_QUANTILE of all channels' come down to it, the others stay."""
+    ceiling = np.float32(max(float(np.quantile(maxima, _SMOOTH_QUANTILE)), 1e-6))
+    factors: NDArray[np.float32] = np.maximum(maxima / ceiling, np.float32(1), dtype=np.float32)
+    return factors
 
 
-class _DropRootHint(logging.Filter):
-    """Drops root-logger records containing a given text."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
-
-
-def _quantize(fp32: onnx.ModelProto, output: Path) -> None:
-    import onnx
-    from onnxruntime.quantization import (  # type: ignore[import-untyped]
-        QuantType,
-        quantize_dynamic,
-    )
-
-    with tempfile.TemporaryDirectory(prefix="ragkit-onnx-") as tmp:
-        source = Path(tmp) / "fp32.onnx"
-        onnx.save_model(fp32, str(source))
-        quantize_dynamic(
-            source,
-            output,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-            # Shape inference cannot type the fused operators' outputs.
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+def _int8_columns(
+    weight: NDArray[np.float32], largest: int
+) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
+    """Symmetric int8 weights per output column, within +-largest, and each column's scale."""
+    scale = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / largest).astype(np.float32)
+    quantized = np.clip(np.rint(weight / scale), -largest, largest).astype(np.int8)
+    return quantized, scale
