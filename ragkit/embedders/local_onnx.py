@@ -38,8 +38,9 @@ __all__ = ["PASS_TOKENS", "RECIPE_VERSION", "OnnxLocalEmbedder", "cache_root", "
 
 logger = logging.getLogger(__name__)
 
-# Bump when minilm_onnx builds a graph that gives different vectors: cached graphs of another
-# recipe are ignored, and the model name (what an index and its embedding cache record) changes.
+# Bump when minilm_onnx / minilm_int8 build a graph that gives other vectors: cached graphs of
+# another recipe are ignored, and the model name (what an index and its embedding cache record)
+# changes.
 # 1: unfused graph, Q/K/V int8. 2: onnxruntime's fused operators, Attention float32.
 # 3: QAttention (Q/K/V int8, 7-bit weights, outlier channels smoothed).
 RECIPE_VERSION = 3
