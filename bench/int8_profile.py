@@ -47,7 +47,9 @@ from ragkit.embedders.local_onnx import (  # noqa: E402
     PASS_TOKENS,
     OnnxLocalEmbedder,
     _passes,
+    open_session,
     padded_batch,
+    session_options,
 )
 
 HIDDEN, FFN, LAYERS = 384, 1536, 6
@@ -61,7 +63,10 @@ GROUPS = {
     "Div": "row scaling around the int8 products",
     "Mul": "row scaling around the int8 products",
     "SkipLayerNormalization": "LayerNorms (with residual), GELU, embeddings",
+    "LayerNormalization": "LayerNorms (with residual), GELU, embeddings",
+    "Add": "LayerNorms (with residual), GELU, embeddings",
     "BiasGelu": "LayerNorms (with residual), GELU, embeddings",
+    "FastGelu": "LayerNorms (with residual), GELU, embeddings",
     "EmbedLayerNormalization": "LayerNorms (with residual), GELU, embeddings",
 }
 # Nodes (by their name's ending) preparing QAttention's input: outlier channels divided down,
@@ -90,15 +95,11 @@ def best_cpu_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dic
 
 
 def session(model: Any, *, profile: bool = False) -> Any:
-    """A one-thread onnxruntime session on a path or serialized model."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    """A one-thread onnxruntime session on a path or serialized model, as the embedder opens."""
+    options = session_options()
     options.enable_profiling = profile
     options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "ragkit-int8-profile")
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return open_session(model, options)
 
 
 def dense_products(tokens: int, repeats: int) -> dict[str, float]:

@@ -73,15 +73,14 @@ def test_float32_graph_is_the_reference_model(
 ) -> None:
     """The fused graph before quantization computes the float32 model's vectors."""
     import onnx
-    import onnxruntime as ort
 
     from ragkit.embedders.minilm_onnx import ROW_SCALED, build_graph
 
     model = build_graph(LocalEmbedder().model_dir / "model.safetensors", row_scaled=ROW_SCALED)
     ops = {n.op_type for n in model.graph.node}
-    assert {"EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu"} <= ops
+    assert {"EmbedLayerNormalization", "Attention", "LayerNormalization", "BiasGelu"} <= ops
     onnx.save_model(model, str(tmp_path / "fp32.onnx"))
-    session = ort.InferenceSession(str(tmp_path / "fp32.onnx"), providers=["CPUExecutionProvider"])
+    session = local_onnx.open_session(str(tmp_path / "fp32.onnx"))
     embedder = OnnxLocalEmbedder(cache_dir=tmp_path, batch_size=8)
     embedder._session = session  # the same batching and pooling, the float32 graph
     texts, expected = reference
@@ -98,7 +97,8 @@ def test_int8_graph_is_fused_and_quantized(cache: Path) -> None:
     graph = onnx.load(str(path)).graph
     ops = Counter(n.op_type for n in graph.node)
     assert ops["EmbedLayerNormalization"] == 1 and ops["Attention"] == 0
-    assert ops["SkipLayerNormalization"] == 12 and ops["BiasGelu"] == 6
+    assert ops["LayerNormalization"] == 12 and ops["SkipLayerNormalization"] == 0
+    assert ops["FastGelu"] == 6 and ops["BiasGelu"] == 0
     assert ops["MatMulInteger"] == 18 and ops["MatMul"] == 0  # every dense layer int8
     assert ops["QAttention"] == 6  # every Q/K/V product int8 too
     # QAttention's weights within 7 bits, so that AVX2's 16-bit pair sums cannot saturate.
@@ -108,12 +108,19 @@ def test_int8_graph_is_fused_and_quantized(cache: Path) -> None:
             qkv = weights[node.input[1]]
             assert qkv.dtype == np.int8 and qkv.shape == (384, 1152)
             assert np.abs(qkv).max() == 63
-    # The session fuses each quantized product into one operator.
-    options = ort.SessionOptions()
+    # The embedder's session fuses each quantized product into one operator, and leaves the
+    # LayerNorms unfused (SkipLayerNormalization is the slow kernel here; SESSION_UNFUSED).
+    options = local_onnx.session_options()
     options.optimized_model_filepath = str(cache.parent / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    local_onnx.open_session(str(path), options)
     optimized = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
     assert optimized["DynamicQuantizeMatMul"] == 18 and optimized["MatMulInteger"] == 0
+    assert optimized["LayerNormalization"] == 12 and optimized["SkipLayerNormalization"] == 0
+    # ... which onnxruntime's default session would undo.
+    options.optimized_model_filepath = str(cache.parent / "default.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    default = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert default["SkipLayerNormalization"] == 12
 
 
 def test_vectors_are_float32_unit_rows_in_input_order(
@@ -175,7 +182,7 @@ def test_identity_names_the_int8_model(cache: Path) -> None:
     assert isinstance(embedder, Embedder)
     assert (embedder.name, embedder.model, embedder.dimension, embedder.max_tokens) == (
         "local",
-        "all-MiniLM-L6-v2-int8-r3",
+        "all-MiniLM-L6-v2-int8-r4",
         384,
         254,
     )
@@ -190,8 +197,8 @@ def test_factory_picks_the_runtime_by_model_name(monkeypatch: pytest.MonkeyPatch
     assert type(make_embedder("local")) is LocalEmbedder
     assert type(make_embedder("local:all-MiniLM-L6-v2")) is LocalEmbedder
     assert type(make_embedder("local:all-MiniLM-L6-v2-int8")) is OnnxLocalEmbedder
-    assert make_embedder("local:all-MiniLM-L6-v2-int8").model == "all-MiniLM-L6-v2-int8-r3"
-    assert type(make_embedder("local:all-MiniLM-L6-v2-int8-r3")) is OnnxLocalEmbedder
+    assert make_embedder("local:all-MiniLM-L6-v2-int8").model == "all-MiniLM-L6-v2-int8-r4"
+    assert type(make_embedder("local:all-MiniLM-L6-v2-int8-r4")) is OnnxLocalEmbedder
     with pytest.raises(ConfigError, match="local:all-MiniLM-L6-v2-int8 \\(int8, needs"):
         make_embedder("local:bert-base")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
@@ -277,11 +284,11 @@ def test_each_index_keeps_its_local_model(
     assert ragkit.index(docs, old).embedder == "local:all-MiniLM-L6-v2"  # the default
     new = old.replace(index="new")
     assert ragkit.index(docs, new, embedder="local:all-MiniLM-L6-v2-int8").embedder == (
-        "local:all-MiniLM-L6-v2-int8-r3"
+        "local:all-MiniLM-L6-v2-int8-r4"
     )
     # Naming it by its alias again finds the same model: the index is updated, not refused.
     assert ragkit.index(docs, new, embedder="local:all-MiniLM-L6-v2-int8").embedder == (
-        "local:all-MiniLM-L6-v2-int8-r3"
+        "local:all-MiniLM-L6-v2-int8-r4"
     )
 
     for settings, kind in ((old, LocalEmbedder), (new, OnnxLocalEmbedder)):
@@ -305,11 +312,13 @@ def test_each_index_keeps_its_local_model(
     # Naming the other model is refused with the reason and the fix, never mixed in.
     with pytest.raises(IndexMismatchError, match="built with local:all-MiniLM-L6-v2,"):
         open_index(old.replace(embedder="local:all-MiniLM-L6-v2-int8"))
-    with pytest.raises(IndexMismatchError, match="built with local:all-MiniLM-L6-v2-int8-r3,"):
+    with pytest.raises(IndexMismatchError, match="built with local:all-MiniLM-L6-v2-int8-r4,"):
         open_index(new.replace(embedder="local:all-MiniLM-L6-v2"))
 
 
-@pytest.mark.parametrize("recorded", ["all-MiniLM-L6-v2-int8", "all-MiniLM-L6-v2-int8-r2"])
+@pytest.mark.parametrize(
+    "recorded", ["all-MiniLM-L6-v2-int8", "all-MiniLM-L6-v2-int8-r2", "all-MiniLM-L6-v2-int8-r3"]
+)
 def test_index_of_an_older_int8_graph_is_refused_with_the_fix(
     recorded: str, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -73,10 +73,11 @@ def _local(model: str | None, options: Mapping[str, Any]) -> Embedder:
 
 # Local model names an index may record whose vectors this ragkit no longer computes, and the
 # spec that names their successor: the int8 graph's first recipe was recorded without "-rN",
-# the second as "-r2" (float32 attention).
+# the later ones as "-rN" (local_onnx.RECIPE_VERSION).
 _RETIRED = {
     ("local", "all-MiniLM-L6-v2-int8"): "local:all-MiniLM-L6-v2-int8",
     ("local", "all-MiniLM-L6-v2-int8-r2"): "local:all-MiniLM-L6-v2-int8",
+    ("local", "all-MiniLM-L6-v2-int8-r3"): "local:all-MiniLM-L6-v2-int8",
 }
 
 

@@ -10,7 +10,7 @@ in memory for the process (a warning is logged) and nothing else changes.
 
 Its vectors are not the float32 model's (cosine ~0.998 to them), and each recipe of the graph
 gives slightly different ones, so its model name carries the recipe:
-``all-MiniLM-L6-v2-int8-r3``, which ``all-MiniLM-L6-v2-int8`` names. An index records it, its
+``all-MiniLM-L6-v2-int8-r4``, which ``all-MiniLM-L6-v2-int8`` names. An index records it, its
 embedding cache never mixes vectors of two recipes, and an index built with an older recipe is
 refused with the command that rebuilds it (see ``ragkit.embedders.retired_model``).
 """
@@ -34,7 +34,16 @@ from numpy.typing import NDArray
 
 from ragkit.embedders.local import LocalEmbedder
 
-__all__ = ["PASS_TOKENS", "RECIPE_VERSION", "OnnxLocalEmbedder", "cache_root", "padded_batch"]
+__all__ = [
+    "PASS_TOKENS",
+    "RECIPE_VERSION",
+    "SESSION_UNFUSED",
+    "OnnxLocalEmbedder",
+    "cache_root",
+    "open_session",
+    "padded_batch",
+    "session_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +51,19 @@ logger = logging.getLogger(__name__)
 # another recipe are ignored, and the model name (what an index and its embedding cache record)
 # changes.
 # 1: unfused graph, Q/K/V int8. 2: onnxruntime's fused operators, Attention float32.
-# 3: QAttention (Q/K/V int8, 7-bit weights, outlier channels smoothed).
-RECIPE_VERSION = 3
+# 3: QAttention (Q/K/V int8, 7-bit weights, outlier channels smoothed). 4: LayerNorm unfused
+# (Add, Add, LayerNormalization), FastGelu.
+RECIPE_VERSION = 4
 _HIDDEN = 384
 # Padded word pieces in one forward pass. Small passes keep a pass's activations in the CPU's
 # caches: a 256-piece chunk alone in its pass gave ~20% more chunks per CPU-second than
 # 32-chunk passes, while very short texts still share a pass (one each costs them ~30%).
 # ``python bench/int8_profile.py`` measures the choice.
 PASS_TOKENS = 256
+# onnxruntime graph fusions its sessions must not apply: SkipLayerNormFusion would turn the
+# graph's Add, Add, LayerNormalization back into SkipLayerNormalization, ~3.5x slower here (see
+# minilm_onnx). onnxruntime ignores names it does not know; a test checks the optimized graph.
+SESSION_UNFUSED = ("SkipLayerNormFusion",)
 
 
 def cache_root() -> Path:
@@ -121,6 +135,32 @@ def _require_onnxruntime() -> None:
                 f"the int8 local model needs {package}: run `pip install 'ragkit[onnx]'`,"
                 " or use --embedder local:all-MiniLM-L6-v2"
             )
+
+
+def session_options() -> Any:
+    """onnxruntime options as the embedder runs its graph: one thread a session (embed() runs
+    self.threads forward passes at once), every optimization, ORT's own warnings on stderr."""
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def open_session(model: str | bytes, options: Any = None) -> Any:
+    """An onnxruntime CPU session on a graph (path or serialized), SESSION_UNFUSED left out;
+    ``options`` default to session_options()."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        model,
+        options if options is not None else session_options(),
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(SESSION_UNFUSED),
+    )
 
 
 def padded_batch(encodings: Sequence[Any], rows: Sequence[int]) -> dict[str, NDArray[np.int64]]:
@@ -217,26 +257,18 @@ class OnnxLocalEmbedder(LocalEmbedder):
 
     def _open_session(self) -> Any:
         _require_onnxruntime()
-        import onnxruntime as ort
         from onnxruntime.capi.onnxruntime_pybind11_state import (  # type: ignore[import-untyped]
             Fail,
             InvalidGraph,
             InvalidProtobuf,
         )
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # embed() runs self.threads forward passes at once
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # ORT's own warnings go to stderr, not to logging
-        providers = ["CPUExecutionProvider"]
-
         path = self.graph_path()
         if path.is_file():
             try:
-                return ort.InferenceSession(str(path), options, providers=providers)
+                return open_session(str(path))
             except (Fail, InvalidGraph, InvalidProtobuf) as exc:  # a truncated or garbled file
                 logger.warning("cached graph %s is unreadable (%s): rebuilding it", path, exc)
         data = _build(self.model_dir, self._encoding_tokenizer())
         _write_atomically(path, data)
-        return ort.InferenceSession(data, options, providers=providers)
+        return open_session(data)

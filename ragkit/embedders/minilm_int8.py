@@ -1,4 +1,4 @@
-"""The int8 all-MiniLM-L6-v2 (recipe 3): calibrate, then quantize the graph of ``minilm_onnx``.
+"""The int8 all-MiniLM-L6-v2 (recipe 4): calibrate, then quantize the graph of ``minilm_onnx``.
 
 1. The float32 graph runs CALIBRATION_TEXTS and records each layer's largest Q/K/V input per
    hidden channel: the factors that bring its outlier channels down before int8.
@@ -66,17 +66,14 @@ def qkv_input_maxima(
 ) -> list[NDArray[np.float32]]:
     """Each layer's largest Q/K/V input magnitude per hidden channel, running the float32 graph
     (from ``build_graph``) on ``feeds`` (its inputs for one text each)."""
-    import onnxruntime as ort  # type: ignore[import-untyped]
     from onnx import helper
+
+    from ragkit.embedders.local_onnx import open_session
 
     probed = type(fp32)()
     probed.CopyFrom(fp32)
     probed.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in QKV_INPUTS)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        probed.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session = open_session(probed.SerializeToString())
     maxima = [np.zeros(_HIDDEN, dtype=np.float32) for _ in QKV_INPUTS]
     for feed in feeds:
         for layer, values in enumerate(session.run(list(QKV_INPUTS), dict(feed))):
@@ -88,7 +85,7 @@ def qkv_input_maxima(
 def build_int8_graph(
     model_dir: Path, output: Path, calibration: Iterable[Mapping[str, NDArray[np.int64]]]
 ) -> None:
-    """Write the int8 model (recipe 3) to ``output``; ``calibration`` is the graph's inputs for
+    """Write the int8 model (recipe 4) to ``output``; ``calibration`` is the graph's inputs for
     CALIBRATION_TEXTS, one text each (the caller tokenizes)."""
     weights = model_dir / "model.safetensors"
     maxima = qkv_input_maxima(build_graph(weights), calibration)
