@@ -241,7 +241,7 @@ class OnnxLocalEmbedder(LocalEmbedder):
     def graph_path(self) -> Path:
         """Where this model's built graph is (or will be) cached."""
         _require_onnxruntime()
-        import onnxruntime  # type: ignore[import-untyped]
+        import onnxruntime
 
         weights = self._model_file("model.safetensors")
         digest = _weights_digest(weights, self.cache_dir)
