@@ -99,22 +99,28 @@ def test_int8_graph_is_fused_and_quantized(cache: Path) -> None:
     assert ops["EmbedLayerNormalization"] == 1 and ops["Attention"] == 0
     assert ops["LayerNormalization"] == 12 and ops["SkipLayerNormalization"] == 0
     assert ops["FastGelu"] == 6 and ops["BiasGelu"] == 0
-    assert ops["MatMulInteger"] == 18 and ops["MatMul"] == 0  # every dense layer int8
+    assert ops["DynamicQuantizeMatMul"] == 18 and ops["MatMul"] == 0  # every dense layer int8
     assert ops["QAttention"] == 6  # every Q/K/V product int8 too
-    # QAttention's weights within 7 bits, so that AVX2's 16-bit pair sums cannot saturate.
+    # QAttention's weights within 7 bits, so that AVX2's 16-bit pair sums cannot saturate; the
+    # dense layers' use 8, per output column.
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    shapes = Counter()
     for node in graph.node:
-        if node.op_type == "QAttention":
-            qkv = weights[node.input[1]]
-            assert qkv.dtype == np.int8 and qkv.shape == (384, 1152)
-            assert np.abs(qkv).max() == 63
-    # The embedder's session fuses each quantized product into one operator, and leaves the
-    # LayerNorms unfused (SkipLayerNormalization is the slow kernel here; SESSION_UNFUSED).
+        if node.op_type in ("QAttention", "DynamicQuantizeMatMul"):
+            w = weights[node.input[1]]
+            assert w.dtype == np.int8
+            largest = np.abs(w).max(axis=0)
+            assert largest.max() == (63 if node.op_type == "QAttention" else 127)
+            assert (largest == largest.max()).all()  # each column's scale fits its own range
+            shapes[w.shape] += 1
+    assert shapes == {(384, 1152): 6, (384, 384): 6, (384, 1536): 6, (1536, 384): 6}
+    # The embedder's session leaves the LayerNorms unfused (SkipLayerNormalization is the slow
+    # kernel here; SESSION_UNFUSED).
     options = local_onnx.session_options()
     options.optimized_model_filepath = str(cache.parent / "optimized.onnx")
     local_onnx.open_session(str(path), options)
     optimized = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-    assert optimized["DynamicQuantizeMatMul"] == 18 and optimized["MatMulInteger"] == 0
+    assert optimized["DynamicQuantizeMatMul"] == 18
     assert optimized["LayerNormalization"] == 12 and optimized["SkipLayerNormalization"] == 0
     # ... which onnxruntime's default session would undo.
     options.optimized_model_filepath = str(cache.parent / "default.onnx")

@@ -113,15 +113,12 @@ def _write_atomically(path: Path, data: bytes) -> bool:
 def _build(model_dir: Path, tokenizer: Any) -> bytes:
     """The serialized int8 model, built from the safetensors in model_dir (``tokenizer`` encodes
     the calibration texts)."""
-    from ragkit.embedders.minilm_int8 import CALIBRATION_TEXTS, build_int8_graph
+    from ragkit.embedders.minilm_int8 import CALIBRATION_TEXTS, int8_graph
 
     started = time.perf_counter()
     encodings = tokenizer.encode_batch_fast(list(CALIBRATION_TEXTS))
     calibration = (padded_batch(encodings, [row]) for row in range(len(encodings)))
-    with tempfile.TemporaryDirectory(prefix="ragkit-onnx-") as tmp:
-        out = Path(tmp) / "model.onnx"
-        build_int8_graph(model_dir, out, calibration)
-        data = out.read_bytes()
+    data = int8_graph(model_dir, calibration)
     logger.info("built the int8 ONNX graph in %.1fs", time.perf_counter() - started)
     return data
 

@@ -12,21 +12,22 @@ Each residual LayerNorm is two ``Add``s and the standard ``LayerNormalization``,
 int8 model's time (``bench/int8_profile.py``). onnxruntime would fuse them back, so sessions
 disable that fusion (``local_onnx.SESSION_UNFUSED``).
 
-``minilm_int8`` makes the int8 model from it. Two of its choices are made here, while the graph
-is written:
+``minilm_int8`` calibrates the int8 model and has it written here:
 
 - dense layers named in ``row_scaled`` scale each input row to a largest magnitude of 1 before
   their product and scale the product's rows back (see ROW_SCALED), so that one int8 scale can
-  cover a whole call's activations once onnxruntime quantizes those ``MatMul``s;
-- given ``qkv_maxima``, each ``Attention`` becomes ``QAttention``, its Q/K/V product in int8
-  (the attention products stay float32). A few hidden channels of BERT's LayerNorm outputs
-  carry values 20-30x the others (channel 99 on [CLS] most), and one int8 scale covers the whole
-  input: those channels are divided down before quantization and their weight rows multiplied
-  up (SmoothQuant's identity, x W = (x / s)(s W)); padding rows are zeroed so that they do not
-  widen the scale. Its weights use 7 bits (+-63): without AVX-512 VNNI or AMX, int8 products run
-  on ``vpmaddubsw``, whose 16-bit pair sums saturate with 8-bit weights. GELU becomes its tanh
-  approximation (``FastGelu``): ~40% quicker than the exact ``BiasGelu`` alone, ~1.5% of the
-  model, and as close to the float32 vectors on the test data.
+  cover a whole call's activations;
+- given ``qkv_maxima``, the dense layers are ``DynamicQuantizeMatMul`` (weights int8 per output
+  column, activations quantized per call at run time), and each ``Attention`` becomes
+  ``QAttention``, its Q/K/V product in int8 (the attention products stay float32). A few
+  hidden channels of BERT's LayerNorm outputs carry values 20-30x the others (channel 99 on
+  [CLS] most), and one int8 scale covers the whole input: those channels are divided down
+  before quantization and their weight rows multiplied up (SmoothQuant's identity,
+  x W = (x / s)(s W)); padding rows are zeroed so that they do not widen the scale. Its weights
+  use 7 bits (+-63): without AVX-512 VNNI or AMX, int8 products run on ``vpmaddubsw``, whose
+  16-bit pair sums saturate with 8-bit weights. GELU becomes its tanh approximation
+  (``FastGelu``): ~40% quicker than the exact ``BiasGelu`` alone, ~1.5% of the model, and as
+  close to the float32 vectors on the test data.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ _MS = "com.microsoft"
 # most): measured on tests/data with every product int8 (recipe 1), this lifted the min cosine to
 # the float32 vectors from 0.964 to 0.983, for a few percent of the speed.
 ROW_SCALED = ("out", "ffn_in", "ffn_out")
-# QAttention's weights: 7 bits (see the module's docstring).
+# The dense layers' int8 weights use all 8 bits: 7 lost more accuracy (tests/data min cosine
+# 0.988) than AVX2's saturation does. QAttention's use 7 bits (see the module's docstring).
+_DENSE_WEIGHT_MAX = 127
 _QKV_WEIGHT_MAX = 63
 # Hidden channels whose largest calibration magnitude is above this quantile of all channels'
 # are divided down to it before QAttention quantizes them (see the module's docstring).
@@ -84,9 +87,10 @@ def build_graph(
     Dense layers named in ``row_scaled`` ("out", "ffn_in", "ffn_out") get their input rows
     scaled as described at ROW_SCALED; in float32 that changes nothing but rounding. Without
     ``qkv_maxima`` the graph is float32 throughout. With them (each layer's largest Q/K/V input
-    magnitude per hidden channel, from ``minilm_int8.qkv_input_maxima``), each layer's attention is
-    ``QAttention`` with int8 Q/K/V weights, smoothed as the module's docstring says, and GELU is
-    ``FastGelu``. Only onnxruntime runs it (the fused operators are its own).
+    magnitude per hidden channel, from ``minilm_int8.qkv_input_maxima``) it is the int8 model:
+    dense layers ``DynamicQuantizeMatMul``, each layer's attention ``QAttention`` with int8 Q/K/V
+    weights, smoothed as the module's docstring says, and GELU ``FastGelu``. Only onnxruntime
+    runs it (the fused operators are its own).
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -103,15 +107,25 @@ def build_graph(
         nodes.append(helper.make_node(op, inputs, [output], name=output, domain=domain, **attrs))
         return output
 
+    def product(x: str, key: str, name: str) -> str:
+        """x @ W for the torch Linear ``key`` (stored (out, in); MatMul wants (in, out)), in
+        float32 or, in the int8 model, int8."""
+        weight = np.ascontiguousarray(w[key + ".weight"].T)
+        if qkv_maxima is None:
+            return node("MatMul", [x, const(f"{name}.w", weight)], name)
+        quantized, scale = _int8_columns(weight, _DENSE_WEIGHT_MAX)
+        int8 = [const(f"{name}.w", quantized), const(f"{name}.w.scale", scale)]
+        int8.append(const(f"{name}.w.zero", np.zeros_like(scale, dtype=np.int8)))
+        return node("DynamicQuantizeMatMul", [x, *int8], name, ms=True)
+
     def matmul(x: str, key: str, name: str) -> str:
-        """x @ W for the torch Linear ``key`` (stored (out, in); MatMul wants (in, out))."""
-        weight = const(f"{name}.w", w[key + ".weight"].T)
+        """The dense layer ``key``'s product, its input rows scaled if it is in row_scaled."""
         if name.split(".")[1] not in row_scaled:
-            return node("MatMul", [x, weight], f"{name}.mm")
+            return product(x, key, f"{name}.mm")
         # Divide each token's row by its largest magnitude, and multiply the product back.
         amax = node("ReduceMax", [node("Abs", [x], f"{name}.abs"), last_axis], f"{name}.amax")
         amax = node("Max", [amax, tiny], f"{name}.amax1")
-        mm = node("MatMul", [node("Div", [x, amax], f"{name}.xn"), weight], f"{name}.mm")
+        mm = product(node("Div", [x, amax], f"{name}.xn"), key, f"{name}.mm")
         return node("Mul", [mm, amax], f"{name}.rows")
 
     def skip_norm(x: str, skip: str, bias_key: str, norm_key: str, name: str) -> str:
