@@ -136,7 +136,8 @@ def _require_onnxruntime() -> None:
 
 def session_options() -> Any:
     """onnxruntime options as the embedder runs its graph: one thread a session (embed() runs
-    self.threads forward passes at once), every optimization, ORT's own warnings on stderr."""
+    self.threads forward passes at once), every optimization, onnxruntime's own log (stderr)
+    at errors only."""
     import onnxruntime as ort  # type: ignore[import-untyped]
 
     options = ort.SessionOptions()
