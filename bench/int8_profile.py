@@ -27,7 +27,6 @@ import argparse
 import collections
 import importlib.util
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -104,30 +103,34 @@ def session(model: Any, *, profile: bool = False) -> Any:
 
 def dense_products(tokens: int, repeats: int) -> dict[str, float]:
     """GFLOP/s of one (tokens x 384) @ (384 x 1536) product, one thread, per runtime."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from threadpoolctl import threadpool_limits
+
+    from ragkit.embedders.minilm_onnx import _DENSE_WEIGHT_MAX, _int8_columns
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((tokens, HIDDEN), dtype=np.float32)
     w = (rng.standard_normal((HIDDEN, FFN), dtype=np.float32) / 20).astype(np.float32)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", HIDDEN])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", FFN])
-    node = helper.make_node("MatMul", ["x", "w"], ["y"])
-    graph = helper.make_graph([node], "dense", [x], [y], [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save_model(model, str(fp32))
-        logging.disable(logging.WARNING)  # quantize_dynamic's pre-processing hint
-        quantize_dynamic(fp32, int8, per_channel=True, weight_type=QuantType.QInt8)
-        logging.disable(logging.NOTSET)
-        sessions = {
-            "onnxruntime float32": session(str(fp32)),
-            "onnxruntime int8": session(str(int8)),
-        }
+    quantized, scale = _int8_columns(w, _DENSE_WEIGHT_MAX)  # as the model's dense layers
+
+    def graph(op: str, weights: dict[str, np.ndarray], domain: str | None = None) -> bytes:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", HIDDEN])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", FFN])
+        node = helper.make_node(op, ["x", *weights], ["y"], domain=domain)
+        inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
+        opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+        model = helper.make_model(
+            helper.make_graph([node], "dense", [x], [y], inits), opset_imports=opsets
+        )
+        model.ir_version = 9
+        data: bytes = model.SerializeToString()
+        return data
+
+    int8 = {"w": quantized, "w.scale": scale, "w.zero": np.zeros_like(scale, dtype=np.int8)}
+    sessions = {
+        "onnxruntime float32": session(graph("MatMul", {"w": w})),
+        "onnxruntime int8": session(graph("DynamicQuantizeMatMul", int8, "com.microsoft")),
+    }
     runs: dict[str, Callable[[], object]] = {
         name: (lambda s=s: s.run(None, {"x": a})) for name, s in sessions.items()
     }
